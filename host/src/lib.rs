@@ -1,0 +1,1 @@
+//! Host side of DeepTIRP Edge: the library behind the `tirp` CLI.

@@ -1,0 +1,1 @@
+//! Synthetic multi-centre radiograph cohort (work in progress in this session).

@@ -1,0 +1,1 @@
+//! Label tables (work in progress in this session).
