@@ -159,9 +159,10 @@ impl PreprocessSpec {
         };
         let mut x = resized.into_raw();
         let (lo, hi) = percentiles(&x, self.low_percentile, self.high_percentile);
-        let scale = if hi > lo { 1.0 / (hi - lo) } else { 0.0 };
+        let range = hi - lo;
         for v in &mut x {
-            *v = ((*v - lo) * scale).clamp(0.0, 1.0);
+            // A flat crop carries no contrast: map it to 0 rather than dividing by zero.
+            *v = if range > 0.0 { ((*v - lo) / range).clamp(0.0, 1.0) } else { 0.0 };
         }
         Ok(x)
     }
