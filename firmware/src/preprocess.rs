@@ -143,7 +143,14 @@ impl PreprocessSpec {
         self.validate()?;
         check_image(image)?;
         let square = self.crop_box(image, roi)?;
-        let crop = crop_padded(image, square);
+        let mut crop = crop_padded(image, square);
+        // image's resampler clamps f32 samples to [0, 1]: bring the crop into that range
+        // first (an affine map, which the percentile scaling below undoes anyway).
+        let (lo, hi) = min_max(&crop);
+        let range = if hi > lo { hi - lo } else { 1.0 };
+        for v in &mut crop {
+            *v = (*v - lo) / range;
+        }
         let side = square.w;
         let buf: ImageBuffer<Luma<f32>, Vec<f32>> =
             ImageBuffer::from_raw(side, side, crop).expect("crop buffer has side² values");
