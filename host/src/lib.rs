@@ -1,1 +1,4 @@
 //! Host side of DeepTIRP Edge: the library behind the `tirp` CLI.
+
+pub mod audit;
+pub mod stats;

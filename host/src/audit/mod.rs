@@ -1,0 +1,5 @@
+//! The audit of a box's performance: CSV input with located errors, the reader study, the
+//! HTML report and the SQLite audit store. The statistics themselves are in [`crate::stats`].
+
+pub mod input;
+pub mod readers;
