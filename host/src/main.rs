@@ -24,6 +24,9 @@ enum Command {
     /// Synthetic multi-centre radiograph cohort: generate, preview, check its difficulty.
     #[command(subcommand)]
     Cohort(cli::cohort::CohortCommand),
+    /// Audit performance with the study's statistics: ROC/AUC, κ, reader studies, HTML reports.
+    #[command(subcommand)]
+    Audit(cli::audit::AuditCommand),
 }
 
 fn main() -> Result<()> {
@@ -31,5 +34,6 @@ fn main() -> Result<()> {
     let out = cli::Output { json: cli.json };
     match cli.command {
         Command::Cohort(cmd) => cli::cohort::run(cmd, &out),
+        Command::Audit(cmd) => cli::audit::run(cmd, &out),
     }
 }

@@ -3,3 +3,5 @@
 
 pub mod input;
 pub mod readers;
+pub mod report;
+pub mod store;

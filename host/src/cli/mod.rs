@@ -1,5 +1,6 @@
 //! One module per subcommand group of `tirp`.
 
+pub mod audit;
 pub mod cohort;
 
 /// Global output settings shared by every subcommand.
