@@ -1,24 +1,101 @@
-//! `tirp cohort …` (work in progress in this session).
+//! `tirp cohort …`: generate the synthetic cohort, preview it, measure how hard it is.
 
 use super::Output;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Subcommand;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+use tirp_models::cohort::{self, CohortConfig};
 
 #[derive(Subcommand)]
 pub enum CohortCommand {
-    /// List the board profiles (placeholder until the cohort lands in this session).
-    Boards {
-        #[arg(long, default_value = "boards")]
-        dir: std::path::PathBuf,
+    /// Render the cohort: 16-bit PNG radiographs plus DIR/labels.csv and DIR/cohort.json.
+    Generate {
+        /// Output directory (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = CohortConfig::default().seed)]
+        seed: u64,
+        /// Number of patients (the study had 1,992), split in the study's proportions.
+        #[arg(long, default_value_t = CohortConfig::default().patients)]
+        patients: usize,
+        /// Side of the square radiographs, pixels.
+        #[arg(long, default_value_t = CohortConfig::default().image_size)]
+        size: u32,
+    },
+    /// Write a contact sheet PNG: examples per class and centre with lesion boxes drawn.
+    Preview {
+        /// The cohort's labels.csv (or any table in the cohort format).
+        #[arg(long)]
+        labels: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Examples per class and centre.
+        #[arg(long, default_value_t = 5)]
+        per_row: usize,
     },
 }
 
 pub fn run(cmd: CohortCommand, out: &Output) -> Result<()> {
     match cmd {
-        CohortCommand::Boards { dir } => {
-            let boards = tirp_firmware::board::BoardProfile::load_dir(&dir)?;
-            let ids: Vec<_> = boards.iter().map(|b| b.id.clone()).collect();
-            out.emit(&serde_json::json!(ids), || ids.join("\n"));
+        CohortCommand::Generate {
+            out: dir,
+            seed,
+            patients,
+            size,
+        } => {
+            let cfg = CohortConfig {
+                seed,
+                patients,
+                image_size: size,
+            };
+            let bar = ProgressBar::new(0);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} rendering [{bar:40}] {pos}/{len} radiographs {per_sec} ETA {eta}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            let summary = cohort::generate(&cfg, &dir, &|done, total| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            })
+            .with_context(|| format!("generating the cohort in {}", dir.display()))?;
+            bar.finish_and_clear();
+            out.emit(&serde_json::to_value(&summary)?, || {
+                format!(
+                    "{} patients, {} radiographs in {:.1} s ({:.0} radiographs/s)\nlabels: {} (sha256 {})",
+                    summary.patients,
+                    summary.images,
+                    summary.seconds,
+                    summary.images_per_second,
+                    summary.labels.display(),
+                    summary.labels_sha256
+                )
+            });
+            Ok(())
+        }
+        CohortCommand::Preview {
+            labels,
+            out: path,
+            per_row,
+        } => {
+            anyhow::ensure!(
+                (1..=20).contains(&per_row),
+                "--per-row must be between 1 and 20"
+            );
+            let (rows, tiles) = tirp_models::preview::contact_sheet(&labels, &path, per_row)
+                .with_context(|| format!("previewing {}", labels.display()))?;
+            out.emit(
+                &serde_json::json!({ "out": path, "rows": rows, "tiles": tiles }),
+                || {
+                    format!(
+                        "wrote {} ({rows} rows, {tiles} radiographs)",
+                        path.display()
+                    )
+                },
+            );
             Ok(())
         }
     }
