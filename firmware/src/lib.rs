@@ -3,7 +3,16 @@
 //! - [`board`]: typed board profiles (`boards/*.toml`).
 //! - [`glyphs`]: a 5×7 bitmap font for text burned into images.
 //! - [`preprocess`]: the one preprocessing implementation, shared by training and inference.
+//! - [`link`], [`bundle`], [`slots`], [`devlog`], [`provision`], [`daemon`]: the provisioning
+//!   link (shared with the host), signed bundles, A/B slots, the device log, the daemon.
 
 pub mod board;
+pub mod bundle;
+#[cfg(unix)]
+pub mod daemon;
+pub mod devlog;
 pub mod glyphs;
+pub mod link;
 pub mod preprocess;
+pub mod provision;
+pub mod slots;

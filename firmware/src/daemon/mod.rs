@@ -1,0 +1,4 @@
+//! The device daemon `tirpd`: one module per service. Each service runs on its own thread
+//! against the shared [`crate::provision::Device`] and stops when the shutdown flag is set.
+
+pub mod serial_service;
