@@ -4,4 +4,5 @@
 pub mod input;
 pub mod readers;
 pub mod report;
+pub mod simulate;
 pub mod store;

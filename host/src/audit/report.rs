@@ -58,14 +58,24 @@ pub struct Report {
     pub human: String,
 }
 
-/// Predictions CSV (case, model, score [, centre, model_version, device, time]) joined with a
+/// The case key column: the device log's pseudonymous `study_key`, or a plain `case`.
+pub fn key_column(t: &CsvTable) -> &'static str {
+    if t.has_column("study_key") {
+        "study_key"
+    } else {
+        "case"
+    }
+}
+
+/// Predictions CSV (case or study_key, model, score [, centre, model_version, device, time]) joined with a
 /// truth CSV (case, label). Every prediction needs a truth label.
 pub fn load_csv(predictions: &Path, truth: &Path, positive: &str) -> Result<Vec<Scored>> {
     let tt = CsvTable::read(truth)?;
     let labels = tt.binary("label", positive, None)?;
-    let truth_of = tt.unique_map("case", &labels)?;
+    let truth_of = tt.unique_map(key_column(&tt), &labels)?;
     let t = CsvTable::read(predictions)?;
-    let (cases, models, scores) = (t.strings("case")?, t.strings("model")?, t.floats("score")?);
+    let key = key_column(&t);
+    let (cases, models, scores) = (t.strings(key)?, t.strings("model")?, t.floats("score")?);
     let optional = |c: &str, default: &str| -> Result<Vec<String>> {
         Ok(if t.has_column(c) {
             t.strings(c)?
@@ -84,7 +94,7 @@ pub fn load_csv(predictions: &Path, truth: &Path, positive: &str) -> Result<Vec<
         let truth = *truth_of.get(&cases[i]).ok_or_else(|| {
             t.bad(
                 i,
-                "case",
+                key,
                 format!(
                     "case '{}' has no truth label in {}",
                     cases[i],
@@ -96,7 +106,7 @@ pub fn load_csv(predictions: &Path, truth: &Path, positive: &str) -> Result<Vec<
             return Err(t
                 .bad(
                     i,
-                    "case",
+                    key,
                     format!("case '{}' scored twice by model '{}'", cases[i], models[i]),
                 )
                 .into());
@@ -252,7 +262,10 @@ fn roc_svg(evals: &[ModelEval]) -> Result<String> {
             .configure_mesh()
             .x_desc("1 − specificity")
             .y_desc("sensitivity")
-            .light_line_style(RGBColor(235, 235, 235))
+            .light_line_style(RGBColor(246, 246, 246))
+            .bold_line_style(RGBColor(220, 220, 220))
+            .axis_desc_style(("sans-serif", 14))
+            .label_style(("sans-serif", 12))
             .draw()
             .map_err(&e)?;
         chart
@@ -395,7 +408,10 @@ fn calibration_svg(evals: &[ModelEval]) -> Result<String> {
             .configure_mesh()
             .x_desc("mean predicted probability")
             .y_desc("observed fraction positive")
-            .light_line_style(RGBColor(235, 235, 235))
+            .light_line_style(RGBColor(246, 246, 246))
+            .bold_line_style(RGBColor(220, 220, 220))
+            .axis_desc_style(("sans-serif", 14))
+            .label_style(("sans-serif", 12))
             .draw()
             .map_err(&e)?;
         chart
@@ -478,7 +494,10 @@ fn histogram_svg(m: &ModelEval, positive: &str, threshold: f64) -> Result<String
             .configure_mesh()
             .x_desc("score")
             .y_desc("share of class")
-            .light_line_style(RGBColor(235, 235, 235))
+            .light_line_style(RGBColor(246, 246, 246))
+            .bold_line_style(RGBColor(220, 220, 220))
+            .axis_desc_style(("sans-serif", 14))
+            .label_style(("sans-serif", 12))
             .draw()
             .map_err(&e)?;
         let names = [positive.to_string(), format!("not {positive}")];
@@ -739,11 +758,12 @@ pub fn build(rows: &[Scored], opts: &Options) -> Result<Report> {
         let (ref_month, reference) = months.iter().next().expect("two months");
         let _ = write!(
             h,
-            "<table><tr><th>month</th><th>cases</th><th>PSI vs {}</th><th>reading</th></tr>",
+            "<table><tr><th>month</th><th>cases</th><th>PSI vs {}</th><th>PSI from sampling alone</th><th>reading</th></tr>",
             esc(ref_month)
         );
         for (month, window) in &months {
             let p = drift::psi(reference, window, 10).map_err(stats_err("drift"))?;
+            let noise = drift::sampling_level(reference.len(), window.len(), p.edges.len() + 1);
             let class = match p.rating() {
                 "stable" => "stable",
                 "moderate shift" => "moderate",
@@ -751,17 +771,18 @@ pub fn build(rows: &[Scored], opts: &Options) -> Result<Report> {
             };
             let _ = write!(
                 h,
-                "<tr><td>{}</td><td>{}</td><td>{:.4}</td><td class={class}>{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{:.4}</td><td>{:.3}</td><td class={class}>{}</td></tr>",
                 esc(month),
                 window.len(),
                 p.psi,
+                noise,
                 p.rating()
             );
             drift_json.push(
-                json!({"month": month, "n": window.len(), "psi": p.psi, "rating": p.rating()}),
+                json!({"month": month, "n": window.len(), "psi": p.psi, "sampling_level": noise, "rating": p.rating()}),
             );
         }
-        h.push_str("</table><p class=note>Population stability index over deciles of the reference month: &lt; 0.10 stable, 0.10–0.25 moderate shift, &gt; 0.25 major shift.</p>");
+        h.push_str("</table><p class=note>Population stability index over deciles of the reference month: &lt; 0.10 stable, 0.10–0.25 moderate shift, &gt; 0.25 major shift. Small windows inflate PSI: read it against the level that sampling alone gives, (bins − 1)(1/n<sub>ref</sub> + 1/n<sub>month</sub>).</p>");
     }
     let _ = write!(
         h,
