@@ -10,7 +10,7 @@
 use crate::preprocess::PreprocessSpec;
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{Signature, Signer};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -30,6 +30,8 @@ const AUTH_DOMAIN: &[u8] = b"tirp-device-auth-v1\0";
 pub const MAX_HEADER: u32 = 16 * 1024 * 1024;
 
 pub type KeyId = [u8; 8];
+/// Key types, re-exported so users of this module need no direct ed25519 dependency.
+pub use ed25519_dalek::{SigningKey, VerifyingKey};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {

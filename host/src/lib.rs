@@ -1,4 +1,5 @@
 //! Host side of DeepTIRP Edge: the library behind the `tirp` CLI.
 
 pub mod audit;
+pub mod provision;
 pub mod stats;

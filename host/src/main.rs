@@ -9,12 +9,16 @@ mod cli;
 #[command(
     name = "tirp",
     version,
-    about = "DeepTIRP Edge host tool: cohort, models, provisioning, audit"
+    about = "DeepTIRP Edge host tool: cohort, models, provisioning, audit",
+    after_help = cli::device::EXIT_CODES_HELP
 )]
 struct Cli {
     /// Machine-readable JSON on stdout instead of human output.
     #[arg(long, global = true)]
     json: bool,
+    /// Serial connection to the device (`--port`, `--baud`, `--non-interactive`).
+    #[command(flatten)]
+    conn: cli::device::ConnArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -27,13 +31,29 @@ enum Command {
     /// Audit performance with the study's statistics: ROC/AUC, κ, reader studies, HTML reports.
     #[command(subcommand)]
     Audit(cli::audit::AuditCommand),
+    /// Device over the serial link: ports, info, status, flash, activate, rollback, logs.
+    #[command(flatten)]
+    Device(cli::device::DeviceCommand),
+    /// Signed model bundles: build, sign, verify, inspect.
+    #[command(subcommand)]
+    Bundle(cli::bundle::BundleCommand),
+    /// Engineer and signing keys: generate; add to or remove from a device keyring.
+    #[command(subcommand)]
+    Keys(cli::bundle::KeysCommand),
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    cli::device::finish(run())
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     let out = cli::Output { json: cli.json };
     match cli.command {
         Command::Cohort(cmd) => cli::cohort::run(cmd, &out),
         Command::Audit(cmd) => cli::audit::run(cmd, &out),
+        Command::Device(cmd) => cli::device::run(cmd, &cli.conn, &out),
+        Command::Bundle(cmd) => cli::bundle::run_bundle(cmd, &out),
+        Command::Keys(cmd) => cli::bundle::run_keys(cmd, &cli.conn, &out),
     }
 }

@@ -1,7 +1,9 @@
 //! One module per subcommand group of `tirp`.
 
 pub mod audit;
+pub mod bundle;
 pub mod cohort;
+pub mod device;
 
 /// Global output settings shared by every subcommand.
 pub struct Output {
