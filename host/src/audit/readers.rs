@@ -72,6 +72,8 @@ pub struct ReaderStudy {
     /// The ensemble: the model named `ensemble` if present, else the models' majority vote.
     pub ensemble: Option<ReaderResult>,
     pub models_fleiss: Option<FleissKappa>,
+    /// Fleiss' κ among all readers of all groups (the study's "agreement among radiologists").
+    pub readers_fleiss: Option<FleissKappa>,
 }
 
 const LEVEL: f64 = 0.95;
@@ -239,6 +241,8 @@ pub fn analyse(
             tied_cases,
         });
     }
+    let all: Vec<&Read> = reads.iter().collect();
+    let (readers_fleiss, _) = fleiss("all readers", &all)?;
     let cases: std::collections::HashSet<&str> = reads
         .iter()
         .chain(models)
@@ -251,6 +255,7 @@ pub fn analyse(
         models: model_results,
         ensemble,
         models_fleiss,
+        readers_fleiss,
     })
 }
 

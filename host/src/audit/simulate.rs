@@ -11,6 +11,9 @@ use super::readers::Read;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
+use std::collections::BTreeMap;
+use tirp_models::cohort::clinical::Label;
+use tirp_models::table::{LabelTable, Split};
 
 /// One group of the panel: its name, how many readers, and the accuracy it should land near.
 #[derive(Debug, Clone)]
@@ -162,6 +165,29 @@ pub fn simulate_panel(
     reads
 }
 
+/// The reader-study cases of a cohort split: one per patient (case key = patient id, sorted),
+/// truth = infection. A patient whose radiographs carry different labels is an error.
+pub fn cohort_cases(table: &LabelTable, split: Split) -> Result<Vec<(String, bool)>, String> {
+    let mut cases: BTreeMap<&str, Label> = BTreeMap::new();
+    for r in table.records.iter().filter(|r| r.split == Some(split)) {
+        if let Some(prev) = cases.insert(&r.patient_id, r.label)
+            && prev != r.label
+        {
+            return Err(format!(
+                "patient {} has radiographs labelled {prev} and {}",
+                r.patient_id, r.label
+            ));
+        }
+    }
+    if cases.is_empty() {
+        return Err(format!("the table has no patients in the {split} split"));
+    }
+    Ok(cases
+        .into_iter()
+        .map(|(k, l)| (k.to_string(), l == Label::Infection))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,5 +232,48 @@ mod tests {
             .unwrap()
             .kappa;
         assert!((k - kappa).abs() < 0.05, "κ {k}");
+    }
+
+    #[test]
+    fn cases_are_patients_of_the_split() {
+        use tirp_models::table::{Record, TableFormat};
+        let rec = |patient: &str, label, split| Record {
+            path: format!("{patient}.png").into(),
+            patient_id: patient.into(),
+            label,
+            age: None,
+            sex: None,
+            site: None,
+            centre: None,
+            split: Some(split),
+            roi: None,
+            photometric: None,
+            signs: None,
+        };
+        let mut table = LabelTable {
+            format: TableFormat::Cohort,
+            records: vec![
+                rec("p2", Label::Infection, Split::Test),
+                rec("p1", Label::Pbt, Split::Test),
+                rec("p2", Label::Infection, Split::Test),
+                rec("p3", Label::Pbt, Split::Train),
+            ],
+        };
+        let cases = cohort_cases(&table, Split::Test).unwrap();
+        assert_eq!(
+            cases,
+            vec![("p1".to_string(), false), ("p2".to_string(), true)]
+        );
+        assert!(
+            cohort_cases(&table, Split::External)
+                .unwrap_err()
+                .contains("no patients")
+        );
+        table.records.push(rec("p1", Label::Infection, Split::Test));
+        assert!(
+            cohort_cases(&table, Split::Test)
+                .unwrap_err()
+                .contains("patient p1")
+        );
     }
 }

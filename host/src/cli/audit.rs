@@ -95,6 +95,21 @@ pub struct ReadersArgs {
     positive: String,
 }
 
+/// `tirp cohort readers`: a seeded, simulated reader panel over a cohort split.
+#[derive(Args)]
+pub struct CohortReadersArgs {
+    /// The cohort's labels.csv.
+    #[arg(long)]
+    labels: PathBuf,
+    #[arg(long, default_value = "test")]
+    split: String,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Output directory for reads.csv and truth.csv (the inputs of `tirp audit readers`).
+    #[arg(long)]
+    out: PathBuf,
+}
+
 #[derive(Args)]
 pub struct ReportArgs {
     /// Predictions CSV: case, model, score [, centre, model_version, device, time].
@@ -380,6 +395,9 @@ fn readers_human(s: &ReaderStudy) -> String {
             m
         );
     }
+    if let Some(k) = s.readers_fleiss {
+        o += &format!("all readers: Fleiss κ {:.3} (SE {:.3})\n", k.kappa, k.se);
+    }
     if let Some(k) = s.models_fleiss {
         o += &format!("models: Fleiss κ {:.3} (SE {:.3})\n", k.kappa, k.se);
     }
@@ -395,6 +413,55 @@ fn readers_cmd(a: &ReadersArgs, out: &Output) -> Result<()> {
     let truth = load_truth(&a.truth, &a.positive)?;
     let study = readers::analyse(&reads, &models, &truth)?;
     out.emit(&serde_json::to_value(&study)?, || readers_human(&study));
+    Ok(())
+}
+
+/// Simulates the DeepTIRP radiologist panel (junior, mid-level, senior; 3 readers each) on one
+/// split of a cohort and writes `reads.csv` and `truth.csv`.
+pub fn cohort_readers(a: CohortReadersArgs, out: &Output) -> Result<()> {
+    use tirp_host::audit::simulate;
+    let split: tirp_models::table::Split = a.split.parse().map_err(anyhow::Error::msg)?;
+    let table = tirp_models::table::LabelTable::load(&a.labels)
+        .with_context(|| format!("reading {}", a.labels.display()))?;
+    let cases = simulate::cohort_cases(&table, split).map_err(anyhow::Error::msg)?;
+    let (groups, kappa) = simulate::deeptirp_radiologists();
+    let reads = simulate::simulate_panel(&cases, &groups, kappa, a.seed);
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let name = |p: bool| if p { "infection" } else { "pbt" };
+    let reads_path = a.out.join("reads.csv");
+    let mut w = csv::Writer::from_path(&reads_path)
+        .with_context(|| format!("writing {}", reads_path.display()))?;
+    w.write_record(["reader", "group", "case", "call"])?;
+    for r in &reads {
+        w.write_record([
+            r.reader.as_str(),
+            r.group.as_str(),
+            r.case.as_str(),
+            name(r.positive),
+        ])?;
+    }
+    w.flush()?;
+    let truth_path = a.out.join("truth.csv");
+    let mut w = csv::Writer::from_path(&truth_path)
+        .with_context(|| format!("writing {}", truth_path.display()))?;
+    w.write_record(["case", "label"])?;
+    for (c, t) in &cases {
+        w.write_record([c.as_str(), name(*t)])?;
+    }
+    w.flush()?;
+    let value = json!({"cases": cases.len(), "readers": groups.iter().map(|g| g.readers).sum::<usize>(),
+                       "reads": reads_path, "truth": truth_path, "split": split.to_string(), "seed": a.seed});
+    out.emit(&value, || {
+        format!(
+            "{} simulated reads of {} {} cases by {} groups → {}, {}",
+            reads.len(),
+            cases.len(),
+            split,
+            groups.len(),
+            reads_path.display(),
+            truth_path.display()
+        )
+    });
     Ok(())
 }
 

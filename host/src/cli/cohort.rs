@@ -34,6 +34,9 @@ pub enum CohortCommand {
         #[arg(long, default_value_t = 5)]
         per_row: usize,
     },
+    /// Simulate a seeded reader panel (junior, mid-level, senior radiologists, calibrated to the
+    /// study's accuracies and κ) over a split: writes OUT/reads.csv and OUT/truth.csv.
+    Readers(super::audit::CohortReadersArgs),
 }
 
 pub fn run(cmd: CohortCommand, out: &Output) -> Result<()> {
@@ -76,6 +79,7 @@ pub fn run(cmd: CohortCommand, out: &Output) -> Result<()> {
             });
             Ok(())
         }
+        CohortCommand::Readers(a) => super::audit::cohort_readers(a, out),
         CohortCommand::Preview {
             labels,
             out: path,
