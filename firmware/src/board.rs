@@ -228,13 +228,13 @@ impl BoardProfile {
                 format!("{} is outside 1200..=12000000", self.serial.baud),
             ));
         }
-        if let Some(usb) = &self.serial.usb_id {
-            if parse_usb_id(usb).is_none() {
-                return Err(invalid(
-                    "serial.usb_id",
-                    format!("{usb:?} is not VID:PID in hex (e.g. 0955:7020)"),
-                ));
-            }
+        if let Some(usb) = &self.serial.usb_id
+            && parse_usb_id(usb).is_none()
+        {
+            return Err(invalid(
+                "serial.usb_id",
+                format!("{usb:?} is not VID:PID in hex (e.g. 0955:7020)"),
+            ));
         }
         if self.storage.data_dir.as_os_str().is_empty() {
             return Err(invalid("storage.data_dir", "must not be empty".into()));

@@ -1,5 +1,6 @@
 //! Host side of DeepTIRP Edge: the library behind the `tirp` CLI.
 
 pub mod audit;
+pub mod difficulty;
 pub mod provision;
 pub mod stats;

@@ -6,6 +6,7 @@ use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 use tirp_models::cohort::{self, CohortConfig};
+use tirp_models::table::LabelTable;
 
 #[derive(Subcommand)]
 pub enum CohortCommand {
@@ -37,6 +38,13 @@ pub enum CohortCommand {
     /// Simulate a seeded reader panel (junior, mid-level, senior radiologists, calibrated to the
     /// study's accuracies and κ) over a split: writes OUT/reads.csv and OUT/truth.csv.
     Readers(super::audit::CohortReadersArgs),
+    /// Measure how hard a cohort is: logistic regressions on the latent signs and on the
+    /// clinical characteristics (fitted on train, AUC with DeLong 95% CI on test/external).
+    Difficulty {
+        /// The cohort's labels.csv.
+        #[arg(long)]
+        labels: PathBuf,
+    },
 }
 
 pub fn run(cmd: CohortCommand, out: &Output) -> Result<()> {
@@ -100,6 +108,30 @@ pub fn run(cmd: CohortCommand, out: &Output) -> Result<()> {
                     )
                 },
             );
+            Ok(())
+        }
+        CohortCommand::Difficulty { labels } => {
+            let table = LabelTable::load(&labels)
+                .with_context(|| format!("reading {}", labels.display()))?;
+            let rows = tirp_host::difficulty::measure(&table.records)?;
+            out.emit(&serde_json::to_value(&rows)?, || {
+                let mut t = format!(
+                    "{:<20} {:<9} {:>8} {:>6}  95% CI (DeLong)\n",
+                    "features", "split", "patients", "AUC"
+                );
+                for r in &rows {
+                    let name = serde_json::to_value(r.features)
+                        .expect("enum")
+                        .as_str()
+                        .unwrap_or("")
+                        .to_owned();
+                    t += &format!(
+                        "{:<20} {:<9} {:>8} {:>6.3}  {:.3}–{:.3}\n",
+                        name, r.split, r.patients, r.auc, r.ci_low, r.ci_high
+                    );
+                }
+                t.trim_end().to_owned()
+            });
             Ok(())
         }
     }

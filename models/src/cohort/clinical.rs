@@ -74,8 +74,8 @@ const AGE_BINS_INFECTION: [u32; 17] = [
 /// forearm.
 fn site_weights(label: Label) -> [f64; 6] {
     match label {
-        Label::Pbt => [0.36, 0.24, 0.16, 0.06, 0.07, 0.11],
-        Label::Infection => [0.27, 0.31, 0.09, 0.09, 0.06, 0.18],
+        Label::Pbt => [0.38, 0.22, 0.17, 0.05, 0.07, 0.11],
+        Label::Infection => [0.25, 0.33, 0.08, 0.10, 0.06, 0.18],
     }
 }
 

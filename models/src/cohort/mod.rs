@@ -114,6 +114,23 @@ impl Patient {
         rng_for(self.seed, STREAM_VIEW, self.index as u64 * 4 + view as u64)
     }
 
+    /// The patient as a label-table record (no image): for analyses of the plan alone.
+    pub fn record(&self) -> table::Record {
+        table::Record {
+            path: PathBuf::new(),
+            patient_id: self.id.clone(),
+            label: self.label,
+            age: Some(self.age as f32),
+            sex: Some(self.sex),
+            site: Some(self.site),
+            centre: Some(self.centre),
+            split: Some(self.split),
+            roi: None,
+            photometric: Some(Centre::get(self.centre).photometric),
+            signs: Some(self.signs.clone()),
+        }
+    }
+
     /// File of view `view`, relative to the cohort directory.
     pub fn image_path(&self, view: u8) -> String {
         format!("images/c{}/{}_v{}.png", self.centre, self.id, view + 1)
@@ -318,13 +335,14 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CohortError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clinical::Sex;
 
     #[test]
     fn split_sizes_follow_the_study() {
         assert_eq!(split_sizes(1992), [1044, 171, 354, 423]);
         let s = split_sizes(100);
         assert_eq!(s.iter().sum::<usize>(), 100);
-        assert_eq!(s, [52, 9, 18, 21]);
+        assert_eq!(s, [53, 9, 17, 21]);
     }
 
     #[test]
@@ -338,6 +356,115 @@ mod tests {
         assert_eq!(a, b);
         let c = serde_json::to_string(&plan(&CohortConfig { seed: 8, ..cfg }).unwrap()).unwrap();
         assert_ne!(a, c);
+    }
+
+    /// Class, age and sex figures of the default cohort against the public DeepTIRP table
+    /// (patient level: 31% infections; tumours median age 22, mean 27.5, 56% male;
+    /// infections median 49.5, mean 45.2, 64% male).
+    #[test]
+    fn clinical_statistics_follow_the_study() {
+        let patients = plan(&CohortConfig::default()).unwrap();
+        let n = patients.len() as f64;
+        let inf = patients
+            .iter()
+            .filter(|p| p.label == Label::Infection)
+            .count() as f64;
+        assert!(
+            (inf / n - 0.31).abs() < 0.005,
+            "infection fraction {}",
+            inf / n
+        );
+        for (label, median, mean, male) in [
+            (Label::Pbt, 22.0, 27.5, 0.56),
+            (Label::Infection, 49.5, 45.2, 0.64),
+        ] {
+            let mut ages: Vec<f64> = patients
+                .iter()
+                .filter(|p| p.label == label)
+                .map(|p| p.age as f64)
+                .collect();
+            ages.sort_by(f64::total_cmp);
+            let m = ages.len();
+            let med = if m.is_multiple_of(2) {
+                (ages[m / 2 - 1] + ages[m / 2]) / 2.0
+            } else {
+                ages[m / 2]
+            };
+            let avg = ages.iter().sum::<f64>() / m as f64;
+            let males = patients
+                .iter()
+                .filter(|p| p.label == label && p.sex == Sex::Male)
+                .count() as f64
+                / m as f64;
+            assert!(
+                (med - median).abs() <= 3.0,
+                "{label} median age {med} vs {median}"
+            );
+            assert!(
+                (avg - mean).abs() <= 2.0,
+                "{label} mean age {avg} vs {mean}"
+            );
+            assert!(
+                (males - male).abs() <= 0.05,
+                "{label} male fraction {males} vs {male}"
+            );
+        }
+        // Every split keeps the class balance.
+        for split in [
+            Split::Train,
+            Split::Validation,
+            Split::Test,
+            Split::External,
+        ] {
+            let s: Vec<_> = patients.iter().filter(|p| p.split == split).collect();
+            let f =
+                s.iter().filter(|p| p.label == Label::Infection).count() as f64 / s.len() as f64;
+            assert!((f - 0.31).abs() < 0.01, "{split}: {f}");
+        }
+        let external: Vec<u8> = patients
+            .iter()
+            .filter(|p| p.split == Split::External)
+            .map(|p| p.centre)
+            .collect();
+        assert!(
+            external.iter().all(|&c| c == 2 || c == 3)
+                && external.contains(&2)
+                && external.contains(&3)
+        );
+        assert!(
+            patients
+                .iter()
+                .filter(|p| p.split != Split::External)
+                .all(|p| p.centre == 1)
+        );
+        let views: usize = patients.iter().map(|p| p.views as usize).sum();
+        assert!(
+            (1.9..2.3).contains(&(views as f64 / n)),
+            "views per patient {}",
+            views as f64 / n
+        );
+    }
+
+    #[test]
+    fn rendering_is_deterministic_and_the_box_holds_the_lesion() {
+        let cfg = CohortConfig {
+            patients: 20,
+            ..Default::default()
+        };
+        let patients = plan(&cfg).unwrap();
+        for p in patients.iter().take(6) {
+            let a = render::radiograph(&mut p.view_rng(0), p, 512);
+            let b = render::radiograph(&mut p.view_rng(0), p, 512);
+            assert_eq!(a.pixels, b.pixels);
+            assert_eq!(a.roi, b.roi);
+            assert!(a.pixels.iter().all(|&v| v <= acquisition::MAX_VALUE));
+            let r = a.roi;
+            assert!(
+                r.w >= 8 && r.h >= 8 && r.x + r.w <= 512 && r.y + r.h <= 512,
+                "{}: {r:?}",
+                p.id
+            );
+        }
     }
 
     #[test]
