@@ -30,7 +30,9 @@ impl Tirpd {
             .expect("spawn tirpd");
         let t0 = Instant::now();
         let port = loop {
-            if let Ok(p) = std::fs::read_to_string(data.join("serial-port")) {
+            if let Ok(p) = std::fs::read_to_string(data.join("serial-port"))
+                && !p.is_empty()
+            {
                 break p;
             }
             assert!(
@@ -103,6 +105,7 @@ fn sources(dir: &Path, model_len: usize, seed: u8) -> Vec<String> {
         .collect()
 }
 
+#[allow(clippy::too_many_arguments)]
 fn build(
     dir: &Path,
     name: &str,
@@ -364,7 +367,7 @@ fn sigkill_during_flash_and_activation_leaves_one_good_slot() {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        std::thread::sleep(Duration::from_micros(rng % 120_000));
+        std::thread::sleep(Duration::from_micros(rng % 60_000));
         let finished = flash.try_wait().unwrap().is_some();
         daemon.kill();
         let _ = flash.wait();
@@ -380,5 +383,5 @@ fn sigkill_during_flash_and_activation_leaves_one_good_slot() {
         daemon.kill();
     }
     eprintln!("{killed_mid_command} of 40 kills landed while tirp flash --activate ran");
-    assert!(killed_mid_command >= 10);
+    assert!(killed_mid_command >= 20);
 }

@@ -87,8 +87,10 @@ fn main() -> Result<()> {
         "tirpd: active slot {}",
         slots.active.map_or("none", |s| s.name())
     );
-    // Scripts and tests find the port here.
-    std::fs::write(data_dir.join("serial-port"), &port.host_path).context("write serial-port")?;
+    // Scripts and tests find the port here (renamed into place: never seen half-written).
+    let tmp = data_dir.join("serial-port.tmp");
+    std::fs::write(&tmp, &port.host_path).context("write serial-port")?;
+    std::fs::rename(&tmp, data_dir.join("serial-port")).context("write serial-port")?;
     let serial = serial_service::spawn(device.clone(), port, path, baud, stop.clone());
     match serial.join() {
         Ok(Ok(())) => {}
