@@ -290,6 +290,12 @@ fn read_jsonl(path: &Path) -> Result<Vec<Prediction>> {
         problem: e.to_string(),
     })?;
     let mut out = Vec::new();
+    let last = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .last()
+        .map(|(i, _)| i);
     for (i, line) in text
         .lines()
         .enumerate()
@@ -300,7 +306,12 @@ fn read_jsonl(path: &Path) -> Result<Vec<Prediction>> {
             line: i + 1,
             problem,
         };
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+        let v: serde_json::Value = match serde_json::from_str(line) {
+            Ok(v) => v,
+            // A torn last line (the puller crashed mid-write) is pulled again next time.
+            Err(_) if Some(i) == last && !text.ends_with('\n') => continue,
+            Err(e) => return Err(bad(e.to_string())),
+        };
         if v["type"] != "inference" {
             continue;
         }
@@ -447,6 +458,20 @@ mod tests {
         assert_eq!(rows.len(), 3);
         assert_eq!(rows[2].model, "ensemble");
         assert_eq!(rows[2].time, "2024-02-29T12:34:56Z");
+        let good = std::fs::read_to_string(&f).unwrap();
+        std::fs::write(&f, format!("{good}{{\"type\":\"infer")).unwrap();
+        assert_eq!(
+            read_predictions(&f).unwrap().len(),
+            3,
+            "torn last line skipped"
+        );
+        std::fs::write(&f, format!("{{\"type\":\"infer\n{good}")).unwrap();
+        assert!(
+            read_predictions(&f)
+                .unwrap_err()
+                .to_string()
+                .contains("line 1")
+        );
         std::fs::write(&f, "{\"type\":\"inference\"}\n").unwrap();
         let e = read_predictions(&f).unwrap_err().to_string();
         assert!(e.contains("line 1"), "{e}");

@@ -208,7 +208,15 @@ fn roc_cmd(
     for name in scores {
         let s = t.floats(name)?;
         let ci = match bootstrap {
-            Some(b) => roc::auc_bootstrap_ci(&s, &labels, b, seed, LEVEL),
+            Some(b) => {
+                // Long on big files: a spinner on stderr (hidden when stderr is not a terminal).
+                let spin = indicatif::ProgressBar::new_spinner()
+                    .with_message(format!("'{name}': {b} stratified bootstrap replicates"));
+                spin.enable_steady_tick(std::time::Duration::from_millis(120));
+                let r = roc::auc_bootstrap_ci(&s, &labels, b, seed, LEVEL);
+                spin.finish_and_clear();
+                r
+            }
             None => roc::auc_delong_ci(&s, &labels, LEVEL),
         }
         .with_context(|| format!("score column '{name}'"))?;
