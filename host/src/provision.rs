@@ -137,15 +137,13 @@ impl LogSink for JsonlSink {
     fn append(&mut self, device_id: &str, records: &[PulledRecord]) -> std::io::Result<()> {
         let mut buf = Vec::new();
         for r in records {
-            let mut obj = serde_json::Map::new();
+            let mut obj = match &r.entry {
+                serde_json::Value::Object(m) => m.clone(),
+                other => serde_json::Map::from_iter([("payload".to_owned(), other.clone())]),
+            };
+            // The pulled device and position are authoritative over the record's own fields.
             obj.insert("device_id".into(), device_id.into());
             obj.insert("seq".into(), r.seq.into());
-            match &r.entry {
-                serde_json::Value::Object(m) => obj.extend(m.clone()),
-                other => {
-                    obj.insert("payload".into(), other.clone());
-                }
-            }
             serde_json::to_writer(&mut buf, &obj)?;
             buf.push(b'\n');
         }

@@ -158,6 +158,39 @@ fn keys(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     )
 }
 
+/// Inference records as the engine will write them (the engine is another issue).
+fn seed_inferences(data: &Path, n: usize) {
+    use tirp_firmware::devlog::*;
+    let mut log = DevLog::open(&data.join("log"), LogOptions::default()).unwrap();
+    for i in 0..n {
+        log.append_entry(&LogEntry::Inference(InferenceRecord {
+            time_unix_ms: 1_796_000_000_000 + i as u64 * 60_000,
+            device_id: "seeded".into(),
+            board: "x86_64-dev".into(),
+            bundle_id: "tirp-ensemble 1.0.0".into(),
+            bundle_sha256: "00".repeat(32),
+            member_scores: ["cnn", "vit"]
+                .iter()
+                .map(|m| MemberScore {
+                    member: (*m).into(),
+                    score: 0.1 * i as f64 + 0.2,
+                })
+                .collect(),
+            probability: 0.1 * i as f64 + 0.25,
+            flag: i > 1,
+            threshold: 0.5,
+            latency: StageLatency {
+                decode_ms: 5.0,
+                preprocess_ms: 3.0,
+                inference_ms: 400.0,
+                total_ms: 410.0,
+            },
+            study_key: study_key(b"salt", &format!("1.2.826.0.1.{i}")),
+        }))
+        .unwrap();
+    }
+}
+
 #[test]
 fn field_engineer_flashes_activates_rolls_back_and_pulls_logs() {
     let dir = tempfile::tempdir().unwrap();
@@ -195,6 +228,7 @@ fn field_engineer_flashes_activates_rolls_back_and_pulls_logs() {
         .output()
         .unwrap());
     let data = d.join("device");
+    seed_inferences(&data, 3);
     let daemon = Tirpd::start(&data, &public);
     let port = daemon.port.clone();
     let k = key.display().to_string();
@@ -261,18 +295,27 @@ fn field_engineer_flashes_activates_rolls_back_and_pulls_logs() {
     // Logs: incremental and idempotent; a second pull adds nothing.
     let logs = d.join("logs.jsonl");
     let state = d.join("host-state");
+    let db = d.join("audit.sqlite");
     let pull = || {
         Command::new(bin("tirp"))
             .args(["--port", &port, "logs", "pull", "--out"])
             .arg(&logs)
             .arg("--state-dir")
             .arg(&state)
+            .arg("--db")
+            .arg(&db)
             .output()
             .unwrap()
     };
-    ok(&pull());
+    // 3 inference records × (2 members + the ensemble) = 9 predictions, then none new.
+    let text = ok(&pull());
+    assert!(text.contains("; 9 new predictions"), "{text}");
     let first = std::fs::read_to_string(&logs).unwrap();
-    ok(&pull());
+    let text = ok(&pull());
+    assert!(
+        text.contains("0 records") && text.contains("; 0 new predictions"),
+        "{text}"
+    );
     let lines: Vec<_> = first.lines().collect();
     assert!(lines.len() >= 8, "{first}");
     // Each record once, in order (the pulls themselves add no records).

@@ -136,6 +136,10 @@ pub enum LogsCommand {
         /// $XDG_STATE_HOME/tirp, else ~/.local/state/tirp).
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// Also import the pulled inference records into this SQLite audit store
+        /// (`tirp audit`); re-imports are idempotent.
+        #[arg(long)]
+        db: Option<PathBuf>,
     },
 }
 
@@ -207,6 +211,7 @@ pub fn run(cmd: DeviceCommand, conn: &ConnArgs, out: &Output) -> Result<()> {
             since,
             out: path,
             state_dir,
+            db,
         }) => {
             let mut c = connect(conn)?;
             let path = path.unwrap_or_else(|| PathBuf::from(format!("{}.jsonl", c.info.device_id)));
@@ -228,9 +233,21 @@ pub fn run(cmd: DeviceCommand, conn: &ConnArgs, out: &Output) -> Result<()> {
             }
             let mut v = serde_json::to_value(&summary)?;
             v["out"] = path.display().to_string().into();
+            // The JSONL file is the durable raw copy; the store takes its inference records.
+            let imported = match &db {
+                Some(db) => {
+                    let rows = tirp_host::audit::store::read_predictions(&path)?;
+                    let mut store = tirp_host::audit::store::AuditStore::open(db)?;
+                    let new = store.import_predictions(&rows)?;
+                    v["db"] = db.display().to_string().into();
+                    v["db_new_predictions"] = new.into();
+                    format!("; {new} new predictions into {}", db.display())
+                }
+                None => String::new(),
+            };
             out.emit(&v, || {
                 format!(
-                    "{} records ({}) from {} into {}; next pull starts at {}{}",
+                    "{} records ({}) from {} into {}; next pull starts at {}{imported}{}",
                     summary.records,
                     match (summary.first_seq, summary.last_seq) {
                         (Some(a), Some(b)) => format!("seq {a}..={b}"),
@@ -383,6 +400,10 @@ fn flash(a: FlashArgs, conn: &ConnArgs, out: &Output) -> Result<()> {
     if header.signature.is_none() {
         return Err(BundleError::Unsigned).context("sign it first with `tirp bundle sign`");
     }
+    // A bundle corrupted on this laptop is caught here, not after a long transfer.
+    let (_, payload_at) = Header::parse_prefix(&bytes)?.expect("parsed above");
+    bundle::check_payload(&manifest, &mut &bytes[payload_at..], |_, _| Ok(()))
+        .with_context(|| format!("{} is damaged", a.bundle.display()))?;
     let key = if a.activate {
         Some(load_key(a.key.as_deref())?)
     } else {
@@ -419,7 +440,12 @@ fn flash(a: FlashArgs, conn: &ConnArgs, out: &Output) -> Result<()> {
     let bar = bar(out, bytes.len() as u64, "bytes");
     let mut attempt = 0;
     let report = loop {
-        match c.flash(&bytes, &mut |at, _| bar.set_position(at)) {
+        match c.flash(&bytes, &mut |at, size| {
+            bar.set_position(at);
+            if at == size {
+                bar.set_message("verifying and installing on the device…");
+            }
+        }) {
             Ok(r) => break r,
             Err(e) if e.resumable() && attempt < a.retries => {
                 attempt += 1;
