@@ -6,6 +6,8 @@ use crate::stats::calibration::{self, CalibrationFit, ReliabilityBin};
 use crate::stats::confusion::{Confusion, Metrics, Proportion};
 use crate::stats::roc::{self, AucCi, DeLongTest, RocPoint};
 use crate::stats::{StatsError, drift, pr};
+use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -247,61 +249,97 @@ fn colour(i: usize, name: &str) -> RGBColor {
     }
 }
 
-fn plot_err<E: std::fmt::Debug>(what: &'static str) -> impl Fn(E) -> ReportError {
-    move |e| ReportError::Plot {
-        what,
-        message: format!("{e:?}"),
-    }
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+type PlotResult<T> = std::result::Result<T, DrawingAreaErrorKind<std::io::Error>>;
+
+/// The frame every chart shares: white canvas, caption, light grid, axis titles.
+fn frame<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    caption: &str,
+    x: std::ops::Range<f64>,
+    y: std::ops::Range<f64>,
+    (x_desc, y_desc): (&str, &str),
+) -> PlotResult<Chart<'a, 'b>> {
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(root)
+        .caption(caption, ("sans-serif", 16))
+        .margin(12)
+        .x_label_area_size(42)
+        .y_label_area_size(52)
+        .build_cartesian_2d(x, y)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .light_line_style(RGBColor(246, 246, 246))
+        .bold_line_style(RGBColor(220, 220, 220))
+        .axis_desc_style(("sans-serif", 14))
+        .label_style(("sans-serif", 12))
+        .draw()?;
+    Ok(chart)
 }
 
-/// Strips the XML prolog so the SVG can be inlined in HTML.
-fn inline(svg: String) -> String {
-    match svg.find("<svg") {
-        Some(i) => svg[i..].to_string(),
-        None => svg,
+fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>, at: SeriesLabelPosition) -> PlotResult<()> {
+    chart
+        .configure_series_labels()
+        .position(at)
+        .background_style(WHITE.mix(0.9))
+        .border_style(RGBColor(180, 180, 180))
+        .label_font(("sans-serif", 13))
+        .draw()
+}
+
+/// The chance line of a ROC plot, the perfect-calibration line of a calibration plot.
+fn diagonal(chart: &mut Chart) -> PlotResult<()> {
+    chart.draw_series(LineSeries::new(
+        vec![(0.0, 0.0), (1.0, 1.0)],
+        RGBColor(170, 170, 170),
+    ))?;
+    Ok(())
+}
+
+/// Draws into a fresh SVG of `size` and returns it ready to inline.
+fn svg(
+    size: (u32, u32),
+    what: &'static str,
+    draw: impl FnOnce(&DrawingArea<SVGBackend, Shift>) -> PlotResult<()>,
+) -> Result<String> {
+    let mut buf = String::new();
+    {
+        let root = SVGBackend::with_string(&mut buf, size).into_drawing_area();
+        draw(&root)
+            .and_then(|()| root.present())
+            .map_err(|e| ReportError::Plot {
+                what,
+                message: e.to_string(),
+            })?;
     }
+    // Strip the XML prolog so the SVG can be inlined in HTML.
+    Ok(match buf.find("<svg") {
+        Some(i) => buf[i..].to_string(),
+        None => buf,
+    })
 }
 
 fn roc_svg(evals: &[ModelEval]) -> Result<String> {
-    let mut buf = String::new();
-    {
-        let e = plot_err("the ROC curves");
-        let root = SVGBackend::with_string(&mut buf, (560, 520)).into_drawing_area();
-        root.fill(&WHITE).map_err(&e)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(
-                "ROC curves (shaded: 95% bootstrap band of sensitivity)",
-                ("sans-serif", 16),
-            )
-            .margin(12)
-            .x_label_area_size(42)
-            .y_label_area_size(52)
-            .build_cartesian_2d(0f64..1f64, 0f64..1f64)
-            .map_err(&e)?;
-        chart
-            .configure_mesh()
-            .x_desc("1 − specificity")
-            .y_desc("sensitivity")
-            .light_line_style(RGBColor(246, 246, 246))
-            .bold_line_style(RGBColor(220, 220, 220))
-            .axis_desc_style(("sans-serif", 14))
-            .label_style(("sans-serif", 12))
-            .draw()
-            .map_err(&e)?;
-        chart
-            .draw_series(LineSeries::new(
-                vec![(0.0, 0.0), (1.0, 1.0)],
-                RGBColor(170, 170, 170),
-            ))
-            .map_err(&e)?;
+    svg((560, 520), "the ROC curves", |root| {
+        let caption = "ROC curves (shaded: 95% bootstrap band of sensitivity)";
+        let mut chart = frame(
+            root,
+            caption,
+            0.0..1.0,
+            0.0..1.0,
+            ("1 − specificity", "sensitivity"),
+        )?;
+        diagonal(&mut chart)?;
         for (i, m) in evals.iter().enumerate() {
-            let c = colour(i, &m.name);
             let mut poly: Vec<(f64, f64)> =
                 m.band.iter().map(|&(sp, _, hi)| (1.0 - sp, hi)).collect();
             poly.extend(m.band.iter().rev().map(|&(sp, lo, _)| (1.0 - sp, lo)));
-            chart
-                .draw_series(std::iter::once(Polygon::new(poly, c.mix(0.12))))
-                .map_err(&e)?;
+            chart.draw_series(std::iter::once(Polygon::new(
+                poly,
+                colour(i, &m.name).mix(0.12),
+            )))?;
         }
         for (i, m) in evals.iter().enumerate() {
             let c = colour(i, &m.name);
@@ -313,8 +351,7 @@ fn roc_svg(evals: &[ModelEval]) -> Result<String> {
                 .collect();
             let width = if m.name == "ensemble" { 3 } else { 2 };
             chart
-                .draw_series(LineSeries::new(pts, c.stroke_width(width)))
-                .map_err(&e)?
+                .draw_series(LineSeries::new(pts, c.stroke_width(width)))?
                 .label(format!(
                     "{}  AUC {:.3} ({:.3}–{:.3})",
                     m.name, m.ci.auc, m.ci.low, m.ci.high
@@ -323,25 +360,13 @@ fn roc_svg(evals: &[ModelEval]) -> Result<String> {
                     PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(3))
                 });
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.9))
-            .border_style(RGBColor(180, 180, 180))
-            .label_font(("sans-serif", 13))
-            .draw()
-            .map_err(&e)?;
-        root.present().map_err(&e)?;
-    }
-    Ok(inline(buf))
+        legend(&mut chart, SeriesLabelPosition::LowerRight)
+    })
 }
 
 fn confusion_svg(m: &ModelEval, positive: &str) -> Result<String> {
-    let mut buf = String::new();
-    {
-        let e = plot_err("a confusion matrix");
-        let root = SVGBackend::with_string(&mut buf, (300, 270)).into_drawing_area();
-        root.fill(&WHITE).map_err(&e)?;
+    svg((300, 270), "a confusion matrix", |root| {
+        root.fill(&WHITE)?;
         let c = &m.confusion;
         // Rows: truth positive / negative; columns: flagged / not flagged.
         let cells = [[c.tp, c.fn_], [c.fp, c.tn]];
@@ -352,24 +377,20 @@ fn confusion_svg(m: &ModelEval, positive: &str) -> Result<String> {
             m.name.clone(),
             (10, 8),
             ("sans-serif", 15).into_font().style(FontStyle::Bold),
-        ))
-        .map_err(&e)?;
-        root.draw(&Text::new("flagged", (x0 + 20, y0 - 20), font.clone()))
-            .map_err(&e)?;
+        ))?;
+        root.draw(&Text::new("flagged", (x0 + 20, y0 - 20), font.clone()))?;
         root.draw(&Text::new(
             "not flagged",
             (x0 + w + 10, y0 - 20),
             font.clone(),
-        ))
-        .map_err(&e)?;
+        ))?;
         let row_names = [positive.to_string(), format!("not {positive}")];
         for (r, row) in cells.iter().enumerate() {
             root.draw(&Text::new(
                 row_names[r].clone(),
                 (6, y0 + r as i32 * w + w / 2 - 6),
                 font.clone(),
-            ))
-            .map_err(&e)?;
+            ))?;
             for (k, &v) in row.iter().enumerate() {
                 let share = if row_totals[r] == 0 {
                     0.0
@@ -386,60 +407,30 @@ fn confusion_svg(m: &ModelEval, positive: &str) -> Result<String> {
                 root.draw(&Rectangle::new(
                     [(x, y), (x + w - 2, y + w - 2)],
                     base.mix(0.08 + 0.8 * share).filled(),
-                ))
-                .map_err(&e)?;
+                ))?;
                 let ink = if share > 0.5 { WHITE } else { BLACK };
                 root.draw(&Text::new(
                     v.to_string(),
                     (x + 30, y + 30),
                     ("sans-serif", 20).into_font().color(&ink),
-                ))
-                .map_err(&e)?;
+                ))?;
                 root.draw(&Text::new(
                     format!("{:.1}%", 100.0 * share),
                     (x + 30, y + 56),
                     ("sans-serif", 12).into_font().color(&ink),
-                ))
-                .map_err(&e)?;
+                ))?;
             }
         }
-        root.present().map_err(&e)?;
-    }
-    Ok(inline(buf))
+        Ok(())
+    })
 }
 
 fn calibration_svg(evals: &[ModelEval]) -> Result<String> {
-    let mut buf = String::new();
-    {
-        let e = plot_err("the calibration plot");
-        let root = SVGBackend::with_string(&mut buf, (560, 520)).into_drawing_area();
-        root.fill(&WHITE).map_err(&e)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(
-                "Calibration (deciles of predicted probability)",
-                ("sans-serif", 16),
-            )
-            .margin(12)
-            .x_label_area_size(42)
-            .y_label_area_size(52)
-            .build_cartesian_2d(0f64..1f64, 0f64..1f64)
-            .map_err(&e)?;
-        chart
-            .configure_mesh()
-            .x_desc("mean predicted probability")
-            .y_desc("observed fraction positive")
-            .light_line_style(RGBColor(246, 246, 246))
-            .bold_line_style(RGBColor(220, 220, 220))
-            .axis_desc_style(("sans-serif", 14))
-            .label_style(("sans-serif", 12))
-            .draw()
-            .map_err(&e)?;
-        chart
-            .draw_series(LineSeries::new(
-                vec![(0.0, 0.0), (1.0, 1.0)],
-                RGBColor(170, 170, 170),
-            ))
-            .map_err(&e)?;
+    svg((560, 520), "the calibration plot", |root| {
+        let caption = "Calibration (deciles of predicted probability)";
+        let axes = ("mean predicted probability", "observed fraction positive");
+        let mut chart = frame(root, caption, 0.0..1.0, 0.0..1.0, axes)?;
+        diagonal(&mut chart)?;
         for (i, m) in evals.iter().enumerate().filter(|(_, m)| !m.bins.is_empty()) {
             let c = colour(i, &m.name);
             let pts: Vec<(f64, f64)> = m
@@ -455,27 +446,15 @@ fn calibration_svg(evals: &[ModelEval]) -> Result<String> {
                 None => m.name.clone(),
             };
             chart
-                .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
-                .map_err(&e)?
+                .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?
                 .label(label)
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(3))
                 });
-            chart
-                .draw_series(pts.iter().map(|&p| Circle::new(p, 4, c.filled())))
-                .map_err(&e)?;
+            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, c.filled())))?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.9))
-            .border_style(RGBColor(180, 180, 180))
-            .label_font(("sans-serif", 13))
-            .draw()
-            .map_err(&e)?;
-        root.present().map_err(&e)?;
-    }
-    Ok(inline(buf))
+        legend(&mut chart, SeriesLabelPosition::UpperLeft)
+    })
 }
 
 fn histogram_svg(m: &ModelEval, positive: &str, threshold: f64) -> Result<String> {
@@ -495,31 +474,15 @@ fn histogram_svg(m: &ModelEval, positive: &str, threshold: f64) -> Result<String
         .flat_map(|c| counts[c].iter().map(move |&v| v as f64 / totals[c]))
         .fold(0.0, f64::max)
         * 1.1;
-    let mut buf = String::new();
-    {
-        let e = plot_err("the score histogram");
-        let root = SVGBackend::with_string(&mut buf, (560, 360)).into_drawing_area();
-        root.fill(&WHITE).map_err(&e)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(
-                format!("{}: score distribution by true class", m.name),
-                ("sans-serif", 16),
-            )
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(52)
-            .build_cartesian_2d(lo..hi, 0f64..ymax.max(0.01))
-            .map_err(&e)?;
-        chart
-            .configure_mesh()
-            .x_desc("score")
-            .y_desc("share of class")
-            .light_line_style(RGBColor(246, 246, 246))
-            .bold_line_style(RGBColor(220, 220, 220))
-            .axis_desc_style(("sans-serif", 14))
-            .label_style(("sans-serif", 12))
-            .draw()
-            .map_err(&e)?;
+    svg((560, 360), "the score histogram", |root| {
+        let caption = format!("{}: score distribution by true class", m.name);
+        let mut chart = frame(
+            root,
+            &caption,
+            lo..hi,
+            0.0..ymax.max(0.01),
+            ("score", "share of class"),
+        )?;
         let names = [positive.to_string(), format!("not {positive}")];
         let colours = [RGBColor(178, 24, 43), RGBColor(33, 102, 172)];
         for c in 0..2 {
@@ -531,8 +494,7 @@ fn histogram_svg(m: &ModelEval, positive: &str, threshold: f64) -> Result<String
                         [(x, 0.0), (x + width, counts[c][b] as f64 / totals[c])],
                         col.mix(0.45).filled(),
                     )
-                }))
-                .map_err(&e)?
+                }))?
                 .label(format!(
                     "{} (n = {})",
                     names[c],
@@ -546,21 +508,11 @@ fn histogram_svg(m: &ModelEval, positive: &str, threshold: f64) -> Result<String
             .draw_series(LineSeries::new(
                 vec![(threshold, 0.0), (threshold, ymax)],
                 BLACK.stroke_width(2),
-            ))
-            .map_err(&e)?
+            ))?
             .label(format!("operating threshold {threshold}"))
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], BLACK.stroke_width(2)));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperMiddle)
-            .background_style(WHITE.mix(0.9))
-            .border_style(RGBColor(180, 180, 180))
-            .label_font(("sans-serif", 13))
-            .draw()
-            .map_err(&e)?;
-        root.present().map_err(&e)?;
-    }
-    Ok(inline(buf))
+        legend(&mut chart, SeriesLabelPosition::UpperMiddle)
+    })
 }
 
 fn esc(s: &str) -> String {
@@ -727,10 +679,10 @@ pub fn build(rows: &[Scored], opts: &Options) -> Result<Report> {
             opt(Some(m.metrics.f1).filter(|f| f.is_finite()), 3),
             opt(m.brier, 4),
             c.map_or("–".into(), |c| format!(
-                "Δ {:+.3}, z = {:.2}, p = {:.4}",
+                "Δ {:+.3}, z = {:.2}, {}",
                 c.auc_a - c.auc_b,
                 c.z,
-                c.p
+                crate::stats::format_p(c.p)
             ))
         );
     }

@@ -261,8 +261,11 @@ fn roc_cmd(
         }
         if let Some(c) = comparison {
             s += &format!(
-                "DeLong paired test {} vs {}: z = {:.4}, p = {:.4}\n",
-                scores[0], scores[1], c.z, c.p
+                "DeLong paired test {} vs {}: z = {:.4}, {}\n",
+                scores[0],
+                scores[1],
+                c.z,
+                tirp_host::stats::format_p(c.p)
             );
         }
         s.trim_end().to_string()
@@ -390,8 +393,10 @@ fn readers_human(s: &ReaderStudy) -> String {
             .map_or("–".into(), |k| format!("{:.3} ({:.3})", k.kappa, k.se));
         let m = g.mcnemar_vs_ensemble.map_or("–".into(), |m| {
             format!(
-                "only ensemble right {}, only group {}, p = {:.4}",
-                m.only_a, m.only_b, m.p
+                "only ensemble right {}, only group {}, {}",
+                m.only_a,
+                m.only_b,
+                tirp_host::stats::format_p(m.p)
             )
         });
         o += &format!(

@@ -74,6 +74,15 @@ pub(crate) fn check_len(a: usize, b: usize) -> Result<()> {
     }
 }
 
+/// A p-value as reports print it: "p = 0.0123", or "p < 0.0001" below that.
+pub fn format_p(p: f64) -> String {
+    if p < 1e-4 {
+        "p < 0.0001".into()
+    } else {
+        format!("p = {p:.4}")
+    }
+}
+
 /// R's default quantile (type 7) of an ascending sorted sample.
 pub fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
     let n = sorted.len();
@@ -104,6 +113,12 @@ pub(crate) fn sample_cov(a: &[f64], b: &[f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn p_values_print_with_a_floor() {
+        assert_eq!(format_p(0.01234), "p = 0.0123");
+        assert_eq!(format_p(3e-7), "p < 0.0001");
+    }
 
     #[test]
     fn quantile_type7_matches_r() {
