@@ -2,7 +2,8 @@
 //! gadget, pty). Owns the slots, the keyring, the staging area and the device log.
 //!
 //! Data directory layout: `device-id`, `keyring/*.pem`, `incoming/` (staging), `slots/`
-//! (A/B and their state), `log/` (device log), `salt` (study-key salt).
+//! (A/B and their state), `log/` (device log), `study-salt` (salt of the pseudonymous study
+//! keys in inference records; never leaves the device).
 
 use crate::bundle::{self, Header, Keyring, Policy};
 use crate::devlog::{self, DevLog, EventRecord, LogEntry, LogOptions};
@@ -83,6 +84,7 @@ struct Session {
 pub struct Device {
     cfg: DeviceConfig,
     device_id: String,
+    study_salt: Vec<u8>,
     slots: Mutex<SlotManager>,
     log: Mutex<DevLog>,
     keyring: RwLock<Keyring>,
@@ -99,6 +101,7 @@ impl Device {
         let dir = &cfg.data_dir;
         std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
         let device_id = load_or_create_device_id(dir)?;
+        let study_salt = load_or_create_salt(dir)?;
         let mut log = DevLog::open(&dir.join("log"), cfg.log.clone())?;
         if log.recovery.truncated_bytes > 0 {
             log.append_entry(&LogEntry::Event(EventRecord::now(
@@ -137,6 +140,7 @@ impl Device {
             }),
             cfg,
             device_id,
+            study_salt,
             slots: Mutex::new(slots),
             log: Mutex::new(log),
             keyring: RwLock::new(keyring),
@@ -148,6 +152,11 @@ impl Device {
 
     pub fn device_id(&self) -> &str {
         &self.device_id
+    }
+
+    /// The pseudonymous study key of a Study Instance UID on this device.
+    pub fn study_key(&self, study_instance_uid: &str) -> String {
+        devlog::study_key(&self.study_salt, study_instance_uid)
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -658,6 +667,26 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     }
     std::fs::rename(&tmp, path)?;
     std::fs::File::open(dir)?.sync_all()
+}
+
+fn load_or_create_salt(dir: &Path) -> Result<Vec<u8>, DeviceError> {
+    let path = dir.join("study-salt");
+    match std::fs::read(&path) {
+        Ok(s) if s.len() == 32 => return Ok(s),
+        Ok(_) | Err(_) if path.exists() => {
+            return Err(DeviceError::Io {
+                context: format!("{} is not a 32-byte salt", path.display()),
+                source: std::io::Error::other("bad salt"),
+            });
+        }
+        _ => {}
+    }
+    let salt = random_nonce().map_err(|e| DeviceError::Io {
+        context: e,
+        source: std::io::Error::other("random"),
+    })?;
+    write_atomic(&path, &salt).map_err(io_err(format!("write {}", path.display())))?;
+    Ok(salt.to_vec())
 }
 
 /// The device id: kept in `device-id`; first set from the Jetson serial number when there

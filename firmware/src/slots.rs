@@ -204,6 +204,16 @@ impl HealthCheck for FileIntegrityCheck {
     }
 }
 
+/// Several checks in order; the first failure decides. The daemon runs the file integrity
+/// check first, then (once the engine exists) the golden inference.
+pub struct AllChecks(pub Vec<std::sync::Arc<dyn HealthCheck>>);
+
+impl HealthCheck for AllChecks {
+    fn check(&self, dir: &Path, manifest: &Manifest) -> Result<(), String> {
+        self.0.iter().try_for_each(|c| c.check(dir, manifest))
+    }
+}
+
 /// What changed, for the device log.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SlotEvent {

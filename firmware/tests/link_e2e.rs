@@ -472,6 +472,13 @@ fn every_rejection_path_is_distinct_over_the_link() {
     }
     drop(client);
     served.stop().unwrap();
+    // The study-key salt survives restarts (truth labels keep joining) and hides the UID.
+    let uid = "1.2.826.0.1.3680043.8.498.1";
+    let before = device.study_key(uid);
+    drop(device);
+    let device = open_device(&data, None).unwrap();
+    assert_eq!(device.study_key(uid), before);
+    assert!(!before.contains("1.2.826"));
 }
 
 #[test]
