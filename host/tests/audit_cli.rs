@@ -177,66 +177,43 @@ fn bad_inputs_get_clear_errors() {
             "score",
         ])
     };
-    let good = "label,score\ninfection,0.9\ntumour,0.2\ninfection,0.7\n";
-    let e = roc(&write(
-        d,
-        "nocol.csv",
-        "label,other\ninfection,0.9\ntumour,0.1\n",
-    ));
-    assert!(
-        e.contains("no column 'score'") && e.contains("label, other"),
-        "{e}"
-    );
-    let e = roc(&write(d, "badlabel.csv", &format!("{good}osteoma,0.5\n")));
-    assert!(
-        e.contains("line 5") && e.contains("'label'") && e.contains("'osteoma'"),
-        "{e}"
-    );
-    let e = roc(&write(
-        d,
-        "nan.csv",
-        "label,score\ninfection,0.9\ntumour,NaN\n",
-    ));
-    assert!(
-        e.contains("line 3") && e.contains("'score'") && e.contains("not a finite number"),
-        "{e}"
-    );
-    let e = roc(&write(
-        d,
-        "text.csv",
-        "label,score\ninfection,0.9\ntumour,high\n",
-    ));
-    assert!(
-        e.contains("line 3") && e.contains("'high' is not a number"),
-        "{e}"
-    );
-    let e = roc(&write(
-        d,
-        "empty.csv",
-        "label,score\ninfection,0.9\ntumour,\n",
-    ));
-    assert!(e.contains("line 3") && e.contains("empty value"), "{e}");
-    let e = roc(&write(
-        d,
-        "onlypos.csv",
-        "label,score\ninfection,0.9\ninfection,0.2\n",
-    ));
-    assert!(e.contains("no case of the negative class"), "{e}");
-    let e = roc(&write(
-        d,
-        "onlyneg.csv",
-        "label,score\ntumour,0.9\ntumour,0.2\n",
-    ));
-    assert!(
-        e.contains("no case of the positive class 'infection'"),
-        "{e}"
-    );
-    let e = roc(&write(
-        d,
-        "one_each.csv",
-        "label,score\ninfection,0.9\ntumour,0.2\n",
-    ));
-    assert!(e.contains("at least 2"), "{e}");
+    // (file content, what the error must say)
+    let cases: [(&str, &[&str]); 9] = [
+        (
+            "label,other\ninfection,0.9\ntumour,0.1\n",
+            &["no column 'score'", "label, other"],
+        ),
+        (
+            "label,score\ninfection,0.9\ntumour,0.2\ninfection,0.7\nosteoma,0.5\n",
+            &["line 5", "'label'", "'osteoma'"],
+        ),
+        (
+            "label,score\ninfection,0.9\ntumour,NaN\n",
+            &["line 3", "'score'", "not a finite number"],
+        ),
+        (
+            "label,score\ninfection,0.9\ntumour,high\n",
+            &["line 3", "'high' is not a number"],
+        ),
+        (
+            "label,score\ninfection,0.9\ntumour,\n",
+            &["line 3", "empty value"],
+        ),
+        (
+            "label,score\ninfection,0.9\ninfection,0.2\n",
+            &["no case of the negative class"],
+        ),
+        (
+            "label,score\ntumour,0.9\ntumour,0.2\n",
+            &["no case of the positive class 'infection'"],
+        ),
+        ("label,score\ninfection,0.9\ntumour,0.2\n", &["at least 2"]),
+        ("label,score\ninfection,0.9\ntumour,0.2,0.3\n", &["line: 3", "3 fields"]),
+    ];
+    for (i, (text, needles)) in cases.iter().enumerate() {
+        let e = roc(&write(d, &format!("bad{i}.csv"), text));
+        assert!(needles.iter().all(|n| e.contains(n)), "case {i}: {e}");
+    }
     let e = roc(&d.join("missing.csv").display().to_string());
     assert!(e.contains("missing.csv"), "{e}");
 
