@@ -208,7 +208,10 @@ fn bad_inputs_get_clear_errors() {
             &["no case of the positive class 'infection'"],
         ),
         ("label,score\ninfection,0.9\ntumour,0.2\n", &["at least 2"]),
-        ("label,score\ninfection,0.9\ntumour,0.2,0.3\n", &["line: 3", "3 fields"]),
+        (
+            "label,score\ninfection,0.9\ntumour,0.2,0.3\n",
+            &["line: 3", "3 fields"],
+        ),
     ];
     for (i, (text, needles)) in cases.iter().enumerate() {
         let e = roc(&write(d, &format!("bad{i}.csv"), text));
