@@ -47,6 +47,8 @@ pub struct Lesion {
     clouds: Vec<Spot>,
     rings: Vec<Spot>,
     rays: Vec<Ray>,
+    /// Bounding box of all spicules (plus their width), to skip the ray loop elsewhere.
+    ray_box: LocalBox,
     bulge: f32,
     cortical_destruction: bool,
     codman: Option<f32>,
@@ -172,8 +174,20 @@ impl Lesion {
                 amp: rng.random_range(0.3..0.55),
             }
         });
+        let ray_box = rays
+            .iter()
+            .fold((f32::MAX, f32::MIN, f32::MAX, f32::MIN), |b, r| {
+                let (u1, v1) = (r.u0 + r.du * r.len, r.v0 + r.dv * r.len);
+                (
+                    b.0.min(r.u0.min(u1) - 1.5),
+                    b.1.max(r.u0.max(u1) + 1.5),
+                    b.2.min(r.v0.min(v1) - 1.5),
+                    b.3.max(r.v0.max(v1) + 1.5),
+                )
+            });
         Lesion {
             flat,
+            ray_box,
             uc,
             vc,
             au,
@@ -274,6 +288,8 @@ impl Lesion {
         let area = 1.0 / (1.0 + ((rho - 1.0) / self.margin).exp());
         let lysis = match self.lysis {
             Lysis::Geographic => area,
+            // Holes lie within rho ≈ 1.35 plus their radius: skip the loop outside.
+            Lysis::MothEaten | Lysis::Permeative if rho > 1.8 => 0.0,
             Lysis::MothEaten | Lysis::Permeative => {
                 let mut holes = 0.0f32;
                 for h in &self.holes {
@@ -319,7 +335,9 @@ impl Lesion {
     #[inline]
     pub fn periosteal(&self, u: f32, v: f32, radius: f32) -> f32 {
         let mut a = 0.0;
-        for r in &self.rays {
+        let rb = self.ray_box;
+        let near_rays = u >= rb.0 && u <= rb.1 && v >= rb.2 && v <= rb.3;
+        for r in self.rays.iter().filter(|_| near_rays) {
             // Distance from the spicule segment.
             let (pu, pv) = (u - r.u0, v - r.v0);
             let along = pu * r.du + pv * r.dv;
