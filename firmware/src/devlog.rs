@@ -15,8 +15,9 @@ use std::path::{Path, PathBuf};
 
 const HEADER: usize = 16;
 const PULLED_FILE: &str = "pulled";
-/// Largest payload accepted; a length above it on disk means a torn or corrupt record.
-pub const MAX_RECORD: usize = 1024 * 1024;
+/// Largest payload accepted (a log page must fit in one link frame); a length above it on
+/// disk means a torn or corrupt record.
+pub const MAX_RECORD: usize = 32 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {

@@ -513,3 +513,23 @@ fn protocol_version_mismatch_is_refused_by_name_on_both_sides() {
     }
     served.stop().unwrap();
 }
+
+#[test]
+fn a_half_frame_left_by_a_vanished_host_costs_the_next_session_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = open_device(&dir.path().join("data"), None).unwrap();
+    let (mut host, dev) = TTYPort::pair().unwrap();
+    let served = Served::start(device, dev);
+    // The first half of a frame, then the host is gone.
+    use std::io::Write;
+    let frame = tirp_firmware::link::frame::encode(7, &tirp_firmware::link::proto::Msg::GetStatus);
+    host.write_all(&frame[..frame.len() / 2]).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let opts = fast_opts();
+    let timeout = opts.request_timeout;
+    let client = Client::connect(tty_link(host).unwrap(), opts).unwrap();
+    // Answered at the first attempt: no retry after a request timeout was needed.
+    assert!(client.rtt < timeout, "handshake took {:?}", client.rtt);
+    drop(client);
+    served.stop().unwrap();
+}

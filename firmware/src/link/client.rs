@@ -175,9 +175,13 @@ fn read_loop(
 pub fn open_serial(path: &str, baud: u32) -> Result<Link, std::io::Error> {
     #[cfg(unix)]
     {
+        use serialport::SerialPort;
         let port = serialport::new(path, baud)
             .timeout(Duration::from_millis(20))
             .open_native()
+            .map_err(std::io::Error::from)?;
+        // Bytes an earlier session left in the buffers are not ours.
+        port.clear(serialport::ClearBuffer::All)
             .map_err(std::io::Error::from)?;
         tty_link(port)
     }
@@ -264,6 +268,8 @@ impl Client {
             next_id: 1,
             rtt: Duration::ZERO,
         };
+        // A lone sentinel ends any partial frame the device holds from an earlier session.
+        c.link.writer.write_all(&[0]).map_err(ClientError::Io)?;
         let t0 = Instant::now();
         let reply = c.request(
             &Msg::Hello {
