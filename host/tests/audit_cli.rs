@@ -452,8 +452,23 @@ fn readers_study_end_to_end_on_a_simulated_panel() {
         (v["ensemble"]["accuracy"]["value"].as_f64().unwrap() - (300.0 - 18.0) / 300.0).abs()
             < 1e-12
     );
-    let k = v["models_fleiss"]["kappa"].as_f64().unwrap();
-    assert!(k > 0.6 && k < 1.0, "models' κ {k}");
+    // κ among the two members only (the logged ensemble is not a rater).
+    let table: Vec<Vec<u64>> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (_, t))| {
+            let pos = [i % 9 == 0, i % 11 == 0]
+                .iter()
+                .filter(|&&wrong| wrong != *t)
+                .count() as u64;
+            vec![pos, 2 - pos]
+        })
+        .collect();
+    let want = tirp_host::stats::agreement::fleiss_kappa(&table)
+        .unwrap()
+        .kappa;
+    assert_eq!(v["models"].as_array().unwrap().len(), 2);
+    assert!((v["models_fleiss"]["kappa"].as_f64().unwrap() - want).abs() < 1e-12);
 
     // A reader who skipped a case breaks Fleiss' κ of the group: a clear error.
     let skipped: String = text

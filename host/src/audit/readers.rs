@@ -68,8 +68,9 @@ pub struct ReaderStudy {
     pub n_cases: usize,
     pub readers: Vec<ReaderResult>,
     pub groups: Vec<GroupResult>,
+    /// The ensemble's members (every model but `ensemble`).
     pub models: Vec<ReaderResult>,
-    /// The ensemble: the model named `ensemble` if present, else the models' majority vote.
+    /// The ensemble: the model named `ensemble` if present, else the members' majority vote.
     pub ensemble: Option<ReaderResult>,
     pub models_fleiss: Option<FleissKappa>,
     /// Fleiss' κ among all readers of all groups (the study's "agreement among radiologists").
@@ -170,9 +171,15 @@ pub fn analyse(
 ) -> Result<ReaderStudy, ReaderError> {
     check(reads, truth)?;
     check(models, truth)?;
-    let model_results = per_reader(models, truth);
-    let model_refs: Vec<&Read> = models.iter().collect();
-    let (models_fleiss, model_votes) = if models.is_empty() {
+    // The members are the raters among the models; a logged ensemble is their output, not a rater.
+    let members: Vec<Read> = models
+        .iter()
+        .filter(|r| r.reader != "ensemble")
+        .cloned()
+        .collect();
+    let model_results = per_reader(&members, truth);
+    let model_refs: Vec<&Read> = members.iter().collect();
+    let (models_fleiss, model_votes) = if members.is_empty() {
         (None, Votes::new())
     } else {
         fleiss("models", &model_refs)?
@@ -302,6 +309,10 @@ mod tests {
         let m = g.mcnemar_vs_ensemble.unwrap();
         assert_eq!((m.only_a, m.only_b), (2, 0));
         assert_eq!(s.ensemble.as_ref().unwrap().metrics.accuracy.k, 4);
+        assert!(
+            s.models.is_empty() && s.models_fleiss.is_none(),
+            "the ensemble is no member"
+        );
 
         reads.pop();
         let e = analyse(&reads, &models, &truth).unwrap_err().to_string();

@@ -30,6 +30,10 @@ pub enum StoreError {
         stored: f64,
         new: f64,
     },
+    #[error(
+        "{path}: audit store schema {version} is newer than this tirp understands (upgrade tirp)"
+    )]
+    NewerSchema { path: String, version: i64 },
     #[error("study '{study_key}' is stored with truth {stored}, the import says {new}")]
     TruthConflict {
         study_key: String,
@@ -86,6 +90,9 @@ impl Filter {
     }
 }
 
+/// Bumped with every schema change, so that an older `tirp` refuses a newer store.
+const SCHEMA_VERSION: i64 = 1;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS predictions (
     device TEXT NOT NULL,
@@ -111,7 +118,15 @@ pub struct AuditStore {
 impl AuditStore {
     pub fn open(path: &Path) -> Result<Self> {
         let conn = Connection::open(path)?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                path: path.display().to_string(),
+                version,
+            });
+        }
         conn.execute_batch(SCHEMA)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(Self { conn })
     }
 
@@ -433,6 +448,15 @@ mod tests {
         assert!(matches!(
             s.import_truth(&[("k1".to_string(), false)]),
             Err(StoreError::TruthConflict { .. })
+        ));
+        drop(s);
+        let path = dir.path().join("a.sqlite");
+        let c = Connection::open(&path).unwrap();
+        c.pragma_update(None, "user_version", 99).unwrap();
+        drop(c);
+        assert!(matches!(
+            AuditStore::open(&path),
+            Err(StoreError::NewerSchema { version: 99, .. })
         ));
     }
 
