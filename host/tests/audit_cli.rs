@@ -489,3 +489,57 @@ fn readers_study_end_to_end_on_a_simulated_panel() {
         "{e}"
     );
 }
+
+#[test]
+fn device_log_to_store_to_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A pulled device log (as `tirp logs pull` writes it): events and inference records.
+    let mut log = String::from(
+        "{\"device_id\":\"box-a\",\"seq\":0,\"type\":\"event\",\"time_unix_ms\":0,\"event\":\"install\",\"detail\":\"\"}\n",
+    );
+    let mut truth = String::from("study_key,label\n");
+    for i in 0..60u64 {
+        let infected = i % 3 == 0;
+        let p = if infected { 0.55 } else { 0.2 } + (i % 7) as f64 * 0.05;
+        log += &format!(
+            "{{\"device_id\":\"box-a\",\"seq\":{},\"type\":\"inference\",\"time_unix_ms\":{},\"board\":\"orin\",\"bundle_id\":\"tirp-1.0.0\",\"bundle_sha256\":\"00\",\"member_scores\":[{{\"member\":\"cnn\",\"score\":{p}}}],\"probability\":{p},\"flag\":{},\"threshold\":0.5,\"latency\":{{\"decode_ms\":1,\"preprocess_ms\":1,\"inference_ms\":1,\"total_ms\":3}},\"study_key\":\"k{i}\"}}\n",
+            i + 1,
+            1_790_000_000_000 + i * 86_400_000,
+            p >= 0.5
+        );
+        truth += &format!("k{i},{}\n", if infected { "infection" } else { "tumour" });
+    }
+    let (log, truth) = (write(d, "box-a.jsonl", &log), write(d, "truth.csv", &truth));
+    let db = d.join("audit.sqlite").display().to_string();
+    let v = ok_json(&[
+        "audit",
+        "import",
+        "--db",
+        &db,
+        "--predictions",
+        &log,
+        "--truth",
+        &truth,
+    ]);
+    assert_eq!(
+        v["predictions"]["new"], 120,
+        "a member row and an ensemble row per inference"
+    );
+    let html = d.join("r.html").display().to_string();
+    let r = ok_json(&["audit", "report", "--db", &db, "--out", &html]);
+    assert_eq!(r["cases"], 60);
+    let names: Vec<&str> = r["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["cnn", "ensemble"]);
+    assert_eq!(r["model_versions"][0]["name"], "tirp-1.0.0");
+    assert!(
+        std::fs::read_to_string(&html)
+            .unwrap()
+            .contains("(as logged by the device)")
+    );
+}
