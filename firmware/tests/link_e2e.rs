@@ -533,3 +533,37 @@ fn a_half_frame_left_by_a_vanished_host_costs_the_next_session_nothing() {
     drop(client);
     served.stop().unwrap();
 }
+
+/// A slow, high-latency UART (921,600 baud, 16 ms each way) with no faults: the transfer
+/// needs no retransmission at all, so the retransmit timer never fires spuriously while
+/// the window drains at line rate. (Throughput itself is measured by `tirp-link-bench`.)
+#[test]
+fn emulated_uart_with_adapter_latency_needs_no_retransmission() {
+    let (_dir, data, b, _k) = setup(256 * 1024);
+    let device = open_device(&data, None).unwrap();
+    let uart = Faults {
+        bytes_per_s: Some(92_160.0),
+        latency: Duration::from_millis(16),
+        ..Default::default()
+    };
+    let (_proxy, host, dev) = FaultyLink::new(FaultConfig {
+        host_to_device: uart.clone(),
+        device_to_host: uart,
+        cut_after: None,
+        seed: 5,
+    })
+    .unwrap();
+    let served = Served::start(device.clone(), dev);
+    let mut client = Client::connect(tty_link(host).unwrap(), ClientOptions::default()).unwrap();
+    let bytes = std::fs::read(&b).unwrap();
+    let report = client.flash(&bytes, &mut |_, _| {}).unwrap();
+    let t = &report.transfer;
+    assert_eq!(
+        (t.timeouts, t.naks, t.retransmitted_bytes),
+        (0, 0, 0),
+        "{t:?}"
+    );
+    assert_eq!(slot_sha(&device, SlotId::A).unwrap(), sha_hex(&b));
+    drop(client);
+    served.stop().unwrap();
+}

@@ -233,6 +233,17 @@ fn field_engineer_flashes_activates_rolls_back_and_pulls_logs() {
     let port = daemon.port.clone();
     let k = key.display().to_string();
 
+    // Without --non-interactive and without a terminal to ask on, nothing is flashed.
+    let o = Command::new(bin("tirp"))
+        .args(["--port", &port, "flash"])
+        .arg(&v1)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--non-interactive"));
+    assert_eq!(status(&port).a.state, SlotState::Empty);
+
     let out = ok(&tirp(
         &["flash", v1.to_str().unwrap(), "--activate", "--key", &k],
         &port,
