@@ -155,6 +155,7 @@ struct ModelEval {
     n_neg: usize,
     ci: AucCi,
     ap: f64,
+    pr: Vec<pr::PrPoint>,
     curve: Vec<RocPoint>,
     band: Vec<(f64, f64, f64)>,
     confusion: Confusion,
@@ -191,6 +192,7 @@ fn evaluate(name: &str, rows: &[&Scored], opts: &Options) -> Result<ModelEval> {
         n_neg: labels.iter().filter(|&&l| !l).count(),
         ci,
         ap: pr::average_precision(&scores, &labels).map_err(stats_err(&what))?,
+        pr: pr::pr_curve(&scores, &labels).map_err(stats_err(&what))?,
         curve: roc::roc_curve(&scores, &labels).map_err(stats_err(&what))?,
         band,
         metrics: confusion.metrics(0.95),
@@ -457,6 +459,46 @@ fn calibration_svg(evals: &[ModelEval]) -> Result<String> {
     })
 }
 
+/// Precision–recall curves as steps (no interpolation, the curve average precision sums over),
+/// with the prevalence as the no-skill line.
+fn pr_svg(evals: &[ModelEval], prevalence: f64) -> Result<String> {
+    svg((560, 360), "the precision–recall curves", |root| {
+        let caption = "Precision–recall (AP = average precision)";
+        let mut chart = frame(
+            root,
+            caption,
+            0.0..1.0,
+            0.0..1.02,
+            ("recall (sensitivity)", "precision (PPV)"),
+        )?;
+        chart.draw_series(LineSeries::new(
+            vec![(0.0, prevalence), (1.0, prevalence)],
+            RGBColor(170, 170, 170),
+        ))?;
+        for (i, m) in evals.iter().enumerate() {
+            let c = colour(i, &m.name);
+            let mut pts = vec![(0.0, m.pr.first().map_or(1.0, |p| p.precision))];
+            for w in m.pr.windows(2) {
+                pts.push((w[0].recall, w[1].precision));
+                pts.push((w[1].recall, w[1].precision));
+            }
+            if let Some(first) = m.pr.first() {
+                pts.insert(1, (first.recall, first.precision));
+            }
+            chart
+                .draw_series(LineSeries::new(
+                    pts,
+                    c.stroke_width(if m.name == "ensemble" { 3 } else { 2 }),
+                ))?
+                .label(format!("{}  AP {:.3}", m.name, m.ap))
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(3))
+                });
+        }
+        legend(&mut chart, SeriesLabelPosition::LowerLeft)
+    })
+}
+
 fn histogram_svg(m: &ModelEval, positive: &str, threshold: f64) -> Result<String> {
     const BINS: usize = 20;
     let (lo, hi) = m
@@ -704,8 +746,9 @@ pub fn build(rows: &[Scored], opts: &Options) -> Result<Report> {
 
     let _ = write!(
         h,
-        "<h2>4. Score distributions</h2><div class=plots>{}</div>",
-        histogram_svg(ens, &opts.positive, opts.threshold)?
+        "<h2>4. Score distributions and precision–recall</h2><div class=plots>{}{}</div>",
+        histogram_svg(ens, &opts.positive, opts.threshold)?,
+        pr_svg(&evals, ens.n_pos as f64 / (ens.n_pos + ens.n_neg) as f64)?
     );
 
     let mut centres: BTreeMap<String, Vec<&Scored>> = BTreeMap::new();
@@ -840,8 +883,8 @@ mod tests {
         };
         let r = build(&rows(), &opts).unwrap();
         assert!(r.html.starts_with("<!DOCTYPE html>"));
-        // ROC, calibration, 3 confusion matrices, histogram.
-        assert_eq!(r.html.matches("<svg").count(), 6);
+        // ROC, calibration, 3 confusion matrices, histogram, precision–recall.
+        assert_eq!(r.html.matches("<svg").count(), 7);
         assert!(r.html.contains("<text"), "plot labels are SVG text");
         assert!(r.html.matches("<table>").count() >= 5);
         assert!(
