@@ -115,3 +115,63 @@ fn bad_input_gets_a_clear_error() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("row 2") && err.contains("label"), "{err}");
 }
+
+/// `--format dicom` writes DX files that dicom3tools' validator accepts without errors and
+/// that dcmtk reads with the clinical header the daemon will use.
+#[test]
+fn dicom_cohort_passes_dciodvfy() {
+    let have = |tool: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !(have("dciodvfy") && have("dcmdump")) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install dicom3tools and dcmtk"
+        );
+        eprintln!("skipping: dciodvfy/dcmdump not installed (apt-get install dicom3tools dcmtk)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dcm");
+    let o = tirp(&[
+        "cohort",
+        "generate",
+        "--out",
+        dir.to_str().unwrap(),
+        "--patients",
+        "20",
+        "--format",
+        "dicom",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for centre in 1..=3 {
+        let first = std::fs::read_dir(dir.join(format!("images/c{centre}")))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let v = Command::new("dciodvfy").arg(&first).output().unwrap();
+        let report =
+            String::from_utf8_lossy(&v.stderr).into_owned() + &String::from_utf8_lossy(&v.stdout);
+        assert!(!report.contains("Error"), "{}: {report}", first.display());
+        let d = Command::new("dcmdump").arg(&first).output().unwrap();
+        let dump = String::from_utf8_lossy(&d.stdout);
+        let photometric = if centre == 3 {
+            "MONOCHROME1"
+        } else {
+            "MONOCHROME2"
+        };
+        assert!(dump.contains(photometric), "{dump}");
+        assert!(
+            dump.contains("PatientAge")
+                && dump.contains("BodyPartExamined")
+                && dump.contains("PatientSex")
+        );
+    }
+    let labels = std::fs::read_to_string(dir.join("labels.csv")).unwrap();
+    assert!(labels.lines().nth(1).unwrap().contains(".dcm"));
+}

@@ -5,8 +5,14 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
-use tirp_models::cohort::{self, CohortConfig};
+use tirp_models::cohort::{self, CohortConfig, ImageFormat};
 use tirp_models::table::LabelTable;
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Format {
+    Png,
+    Dicom,
+}
 
 #[derive(Subcommand)]
 pub enum CohortCommand {
@@ -23,6 +29,9 @@ pub enum CohortCommand {
         /// Side of the square radiographs, pixels.
         #[arg(long, default_value_t = CohortConfig::default().image_size)]
         size: u32,
+        /// Image files: 16-bit PNG, or DX DICOM with age, sex and body part in the header.
+        #[arg(long, value_enum, default_value = "png")]
+        format: Format,
     },
     /// Write a contact sheet PNG: examples per class and centre with lesion boxes drawn.
     Preview {
@@ -54,11 +63,17 @@ pub fn run(cmd: CohortCommand, out: &Output) -> Result<()> {
             seed,
             patients,
             size,
+            format,
         } => {
+            let format = match format {
+                Format::Png => ImageFormat::Png,
+                Format::Dicom => ImageFormat::Dicom,
+            };
             let cfg = CohortConfig {
                 seed,
                 patients,
                 image_size: size,
+                format,
             };
             let bar = ProgressBar::new(0);
             bar.set_style(

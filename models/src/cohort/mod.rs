@@ -9,6 +9,7 @@
 pub mod acquisition;
 pub mod anatomy;
 pub mod clinical;
+pub mod dicom;
 pub mod lesion;
 pub mod render;
 pub mod signs;
@@ -29,12 +30,32 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// external centres 2–3.
 pub const STUDY_SPLITS: [usize; 4] = [1044, 171, 354, 423];
 
+/// How radiographs are stored on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    /// 16-bit greyscale PNG; the photometric interpretation is in the label table.
+    Png,
+    /// DX DICOM (explicit VR little endian) with the clinical header filled in.
+    Dicom,
+}
+
+impl ImageFormat {
+    pub fn extension(self) -> &'static str {
+        match self {
+            ImageFormat::Png => "png",
+            ImageFormat::Dicom => "dcm",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct CohortConfig {
     pub seed: u64,
     pub patients: usize,
     /// Side of the square radiographs, pixels (at least 512).
     pub image_size: u32,
+    pub format: ImageFormat,
 }
 
 impl Default for CohortConfig {
@@ -43,6 +64,7 @@ impl Default for CohortConfig {
             seed: 7,
             patients: STUDY_SPLITS.iter().sum(),
             image_size: 512,
+            format: ImageFormat::Png,
         }
     }
 }
@@ -61,6 +83,8 @@ pub enum CohortError {
         path: PathBuf,
         source: image::ImageError,
     },
+    #[error("encoding DICOM {path}: {message}")]
+    Dicom { path: PathBuf, message: String },
     #[error(transparent)]
     Table(#[from] table::TableError),
 }
@@ -90,6 +114,7 @@ pub struct Patient {
     /// Side of the body (burned-in marker R or L).
     pub right_side: bool,
     seed: u64,
+    format: ImageFormat,
 }
 
 // Independent random streams, so adding a draw in one place never shifts another.
@@ -133,7 +158,13 @@ impl Patient {
 
     /// File of view `view`, relative to the cohort directory.
     pub fn image_path(&self, view: u8) -> String {
-        format!("images/c{}/{}_v{}.png", self.centre, self.id, view + 1)
+        format!(
+            "images/c{}/{}_v{}.{}",
+            self.centre,
+            self.id,
+            view + 1,
+            self.format.extension()
+        )
     }
 }
 
@@ -210,6 +241,7 @@ pub fn plan(cfg: &CohortConfig) -> Result<Vec<Patient>, CohortError> {
                 end_down: r.random_bool(0.5),
                 right_side: r.random_bool(0.5),
                 seed: cfg.seed,
+                format: cfg.format,
             }
         })
         .collect())
@@ -253,12 +285,22 @@ pub fn generate(
             let img = render::radiograph(&mut p.view_rng(view), p, cfg.image_size);
             let rel = p.image_path(view);
             let path = out.join(&rel);
-            let bytes = encode_png16(&img.pixels, img.width, img.height).map_err(|source| {
-                CohortError::Image {
-                    path: path.clone(),
-                    source,
+            let bytes = match cfg.format {
+                ImageFormat::Png => {
+                    encode_png16(&img.pixels, img.width, img.height).map_err(|source| {
+                        CohortError::Image {
+                            path: path.clone(),
+                            source,
+                        }
+                    })?
                 }
-            })?;
+                ImageFormat::Dicom => {
+                    dicom::encode(p, view, &img, cfg.seed).map_err(|e| CohortError::Dicom {
+                        path: path.clone(),
+                        message: e,
+                    })?
+                }
+            };
             write_atomic(&path, &bytes)?;
             progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
             Ok((img, hex::encode(sha2::Sha256::digest(&bytes))))
