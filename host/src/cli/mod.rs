@@ -12,15 +12,21 @@ pub struct Output {
 }
 
 impl Output {
-    /// Prints `value` as JSON when `--json` is set, otherwise the human text.
+    /// Prints `value` as JSON when `--json` is set, otherwise the human text. A closed
+    /// pipe (`tirp … | head`) ends the output quietly instead of panicking.
     pub fn emit(&self, value: &serde_json::Value, human: impl FnOnce() -> String) {
-        if self.json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(value).expect("JSON value serialises")
-            );
+        use std::io::Write;
+        let text = if self.json {
+            serde_json::to_string_pretty(value).expect("JSON value serialises")
         } else {
-            println!("{}", human());
+            human()
+        };
+        let mut stdout = std::io::stdout().lock();
+        if let Err(e) = writeln!(stdout, "{text}").and_then(|()| stdout.flush())
+            && e.kind() != std::io::ErrorKind::BrokenPipe
+        {
+            eprintln!("error: writing to stdout: {e}");
+            std::process::exit(1);
         }
     }
 }
