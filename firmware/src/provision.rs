@@ -393,10 +393,13 @@ impl Device {
                 since_seq,
                 max_records,
                 max_bytes,
+                ack,
             } => {
                 let mut log = self.log.lock().expect("log lock");
-                log.mark_pulled(since_seq)
-                    .map_err(|e| (ErrorCode::Io, e.to_string()))?;
+                if ack {
+                    log.mark_pulled(since_seq)
+                        .map_err(|e| (ErrorCode::Io, e.to_string()))?;
+                }
                 let page = log
                     .read_since(
                         since_seq,

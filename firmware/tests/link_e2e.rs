@@ -445,8 +445,10 @@ fn every_rejection_path_is_distinct_over_the_link() {
     // Every event reached the device log, and pages resume from the cursor.
     let mut since = 1;
     let mut events = Vec::new();
+    let mut last_request;
     loop {
-        let page = client.logs_page(since, 3, 1 << 20).unwrap();
+        last_request = since;
+        let page = client.logs_page(since, 3, 1 << 20, true).unwrap();
         assert_eq!(page.first_seq, since);
         for r in &page.records {
             assert_eq!(r.seq, since);
@@ -458,6 +460,13 @@ fn every_rejection_path_is_distinct_over_the_link() {
             break;
         }
     }
+    // Cursor pages acknowledged everything pulled; a look from a later seq acks nothing.
+    let pulled = || std::fs::read_to_string(data.join("log/pulled")).unwrap();
+    assert_eq!(pulled(), last_request.to_string());
+    client.logs_page(since + 100, 10, 1 << 20, false).unwrap();
+    assert_eq!(pulled(), last_request.to_string());
+    client.logs_page(since, 1, 1, true).unwrap();
+    assert_eq!(pulled(), since.to_string());
     for e in [
         "start",
         "install",

@@ -238,7 +238,8 @@ pub struct PullSummary {
 
 /// Pulls every record from the cursor on: `since` if given, else the saved cursor, never
 /// below what the sink already holds. The cursor is saved after each durably stored page,
-/// so an interrupted pull resumes and a repeated one adds nothing twice.
+/// so an interrupted pull resumes and a repeated one adds nothing twice. Only cursor pulls
+/// acknowledge records to the device (which then may reclaim them).
 pub fn pull_logs(
     client: &mut Client,
     sink: &mut dyn LogSink,
@@ -258,6 +259,9 @@ pub fn pull_logs(
     };
     // An explicit --since below what the sink holds re-pulls nothing already stored.
     let mut at = start.max(stored.map_or(1, |s| s + 1));
+    // Only a pull that continues the host's own cursor acknowledges records to the device: a
+    // look from an explicit --since may have skipped records no host has stored yet.
+    let ack = since.is_none();
     let mut summary = PullSummary {
         device_id: device_id.clone(),
         since_seq: start,
@@ -268,7 +272,7 @@ pub fn pull_logs(
         gaps: Vec::new(),
     };
     loop {
-        let page = client.logs_page(at, 500, 40 * 1024)?;
+        let page = client.logs_page(at, 500, 40 * 1024, ack)?;
         if page.first_seq > at && !page.records.is_empty() {
             summary.gaps.push(Gap {
                 from_seq: at,
@@ -301,6 +305,8 @@ pub fn pull_logs(
         }
     }
     // Acknowledge the final cursor so the device may reclaim everything pulled.
-    let _ = client.logs_page(at, 1, 1);
+    if ack {
+        client.logs_page(at, 1, 1, true)?;
+    }
     Ok(summary)
 }

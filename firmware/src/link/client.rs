@@ -427,16 +427,20 @@ impl Client {
         self.state_change(Msg::DistrustKey { key_id, auth })
     }
 
+    /// One page of the device log from `since_seq`; `ack` confirms everything below it as
+    /// durably stored on the host.
     pub fn logs_page(
         &mut self,
         since_seq: u64,
         max_records: u32,
         max_bytes: u32,
+        ack: bool,
     ) -> Result<LogPage, ClientError> {
         let msg = Msg::LogPull {
             since_seq,
             max_records,
             max_bytes,
+            ack,
         };
         match self.request(&msg, self.opts.request_timeout)? {
             Msg::LogBatch {

@@ -75,12 +75,14 @@ pub enum Msg {
         auth: Auth,
     },
     Done(SlotsReport),
-    /// Records with `seq >= since_seq`, at most this many / this many payload bytes. Asking
-    /// from `since_seq` also acknowledges every earlier record as pulled.
+    /// Records with `seq >= since_seq`, at most this many / this many payload bytes. With
+    /// `ack`, every record below `since_seq` is acknowledged as safely stored by the host
+    /// (retention may then reclaim it); a look at recent records (`--since`) does not ack.
     LogPull {
         since_seq: u64,
         max_records: u32,
         max_bytes: u32,
+        ack: bool,
     },
     LogBatch {
         since_seq: u64,
