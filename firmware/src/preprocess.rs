@@ -169,7 +169,11 @@ impl PreprocessSpec {
         let range = hi - lo;
         for v in &mut x {
             // A flat crop carries no contrast: map it to 0 rather than dividing by zero.
-            *v = if range > 0.0 { ((*v - lo) / range).clamp(0.0, 1.0) } else { 0.0 };
+            *v = if range > 0.0 {
+                ((*v - lo) / range).clamp(0.0, 1.0)
+            } else {
+                0.0
+            };
         }
         Ok(x)
     }

@@ -142,7 +142,11 @@ pub fn encode(p: &Patient, view: u8, img: &Radiograph, seed: u64) -> Result<Vec<
         DataElement::new(tags::CODING_SCHEME_DESIGNATOR, VR::SH, s("SCT")),
         DataElement::new(tags::CODE_MEANING, VR::LO, s(meaning)),
     ]);
-    obj.put(DataElement::new(tags::ANATOMIC_REGION_SEQUENCE, VR::SQ, DataSetSequence::from(vec![region])));
+    obj.put(DataElement::new(
+        tags::ANATOMIC_REGION_SEQUENCE,
+        VR::SQ,
+        DataSetSequence::from(vec![region]),
+    ));
     obj.put(DataElement::new(
         tags::ACQUISITION_CONTEXT_SEQUENCE,
         VR::SQ,
@@ -154,7 +158,11 @@ pub fn encode(p: &Patient, view: u8, img: &Radiograph, seed: u64) -> Result<Vec<
     put(tags::DETECTOR_TYPE, VR::CS, s("SCINTILLATOR"));
     put(tags::POSITIONER_TYPE, VR::CS, s("COLUMN"));
     // DX: INVERSE for MONOCHROME1, IDENTITY for MONOCHROME2.
-    let lut_shape = if centre.photometric == Photometric::Monochrome1 { "INVERSE" } else { "IDENTITY" };
+    let lut_shape = if centre.photometric == Photometric::Monochrome1 {
+        "INVERSE"
+    } else {
+        "IDENTITY"
+    };
     put(tags::PRESENTATION_LUT_SHAPE, VR::CS, s(lut_shape));
     put(tags::VIEW_POSITION, VR::CS, s(view_position(view)));
     put(tags::STUDY_INSTANCE_UID, VR::UI, s(&study));
@@ -166,7 +174,11 @@ pub fn encode(p: &Patient, view: u8, img: &Radiograph, seed: u64) -> Result<Vec<
         s(&(view as u32 + 1).to_string()),
     );
     put(tags::INSTANCE_NUMBER, VR::IS, s("1"));
-    put(tags::PATIENT_ORIENTATION, VR::CS, PrimitiveValue::Strs(["L", "F"].map(String::from).into()));
+    put(
+        tags::PATIENT_ORIENTATION,
+        VR::CS,
+        PrimitiveValue::Strs(["L", "F"].map(String::from).into()),
+    );
     put(
         tags::IMAGE_LATERALITY,
         VR::CS,
