@@ -299,7 +299,7 @@ mod tests {
             .unwrap();
         assert_eq!(x.len(), 128 * 128);
         assert!(x.iter().all(|v| (0.0..=1.0).contains(v)));
-        assert!(x.iter().any(|&v| v == 0.0) && x.iter().any(|&v| v == 1.0));
+        assert!(x.contains(&0.0) && x.contains(&1.0));
     }
 
     #[test]
