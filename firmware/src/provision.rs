@@ -312,6 +312,10 @@ impl Device {
             }),
             Msg::GetStatus => Ok(Msg::Status(self.info())),
             Msg::Begin { sha256, size } => {
+                // Flashing what is already installed transfers nothing (Commit is idempotent).
+                if self.already_installed(&sha256).is_some() {
+                    return Ok(Msg::BeginAck { resume_from: size });
+                }
                 let free = devlog::free_space(&self.cfg.data_dir);
                 let mut s = self.session.lock().expect("session lock");
                 let check = |h: &Header| self.check_header(h);
@@ -446,23 +450,27 @@ impl Device {
             .map_err(|e| transfer::refusal(&e))
     }
 
+    /// Whether this bundle already sits installed in the candidate slot or is active.
+    fn already_installed(&self, sha256: &[u8; 32]) -> Option<crate::slots::SlotsReport> {
+        let sha_hex = hex::encode(sha256);
+        let slots = self.slots.lock().expect("slots lock");
+        let r = slots.report();
+        let holds = |id| {
+            r.slot(id)
+                .bundle
+                .as_ref()
+                .is_some_and(|b| b.sha256 == sha_hex)
+        };
+        let cand = r.candidate();
+        (holds(cand) && r.slot(cand).state == crate::slots::SlotState::Installed
+            || r.active.is_some_and(holds))
+        .then(|| r.clone())
+    }
+
     fn commit(&self, sha256: [u8; 32]) -> Result<Msg, Refusal> {
         let sha_hex = hex::encode(sha256);
-        {
-            let slots = self.slots.lock().expect("slots lock");
-            let r = slots.report();
-            let holds = |id| {
-                r.slot(id)
-                    .bundle
-                    .as_ref()
-                    .is_some_and(|b| b.sha256 == sha_hex)
-            };
-            if holds(r.candidate())
-                && r.slot(r.candidate()).state == crate::slots::SlotState::Installed
-                || r.active.is_some_and(holds)
-            {
-                return Ok(Msg::Installed(r.clone()));
-            }
+        if let Some(r) = self.already_installed(&sha256) {
+            return Ok(Msg::Installed(r));
         }
         let path = self
             .session

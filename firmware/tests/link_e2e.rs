@@ -196,6 +196,10 @@ fn cut_link_resumes_exactly_where_it_stopped() {
     assert_eq!(report.transfer.bytes_sent, bytes.len() as u64 - staged);
     assert_eq!(slot_sha(&device, SlotId::A).unwrap(), sha_hex(&b));
     assert!(!partial.exists());
+    // Flashing it again sends nothing: it is already installed.
+    let again = client.flash(&bytes, &mut |_, _| {}).unwrap();
+    assert_eq!(again.transfer.bytes_sent, 0);
+    assert_eq!(again.slots, report.slots);
     drop(client);
     served.stop().unwrap();
 }
