@@ -273,14 +273,18 @@ pub fn pull_logs(
     };
     loop {
         let page = client.logs_page(at, 500, 40 * 1024, ack)?;
-        if page.first_seq > at && !page.records.is_empty() {
-            summary.gaps.push(Gap {
-                from_seq: at,
-                to_seq: page.first_seq - 1,
-            });
-        }
         let mut batch = Vec::with_capacity(page.records.len());
+        // Any jump in sequence numbers is a gap: records lost to retention on a full disk,
+        // or unreadable on the device.
+        let mut expect = at;
         for r in &page.records {
+            if r.seq > expect {
+                summary.gaps.push(Gap {
+                    from_seq: expect,
+                    to_seq: r.seq - 1,
+                });
+            }
+            expect = r.seq + 1;
             let entry = serde_json::from_slice(&r.payload).map_err(|e| PullError::BadRecord {
                 seq: r.seq,
                 message: e.to_string(),
