@@ -201,12 +201,12 @@ impl LabelTable {
         let (format, records) = if DEEPTIRP_HEADER.iter().all(|c| has(c)) {
             (
                 TableFormat::DeepTirp,
-                parse_deeptirp(&mut rdr, &header, path, base)?,
+                parse_rows(&mut rdr, &header, path, base, deeptirp_record)?,
             )
         } else if ["path", "patient_id", "label"].iter().all(|c| has(c)) {
             (
                 TableFormat::Cohort,
-                parse_cohort(&mut rdr, &header, path, base)?,
+                parse_rows(&mut rdr, &header, path, base, cohort_record)?,
             )
         } else {
             return Err(format_err(format!(
@@ -303,6 +303,19 @@ fn rows<'a>(
     })
 }
 
+/// Parses every row with `record`, stopping at the first error.
+fn parse_rows(
+    rdr: &mut csv::Reader<&[u8]>,
+    header: &[String],
+    path: &Path,
+    base: &Path,
+    record: fn(&Row, &Path) -> Result<Record, TableError>,
+) -> Result<Vec<Record>, TableError> {
+    rows(rdr, header, path)
+        .map(|row| record(&row?, base))
+        .collect()
+}
+
 fn check_age(row: &Row, age: Option<f32>) -> Result<Option<f32>, TableError> {
     match age {
         Some(a) if !(0.0..=120.0).contains(&a) || !a.is_finite() => {
@@ -312,119 +325,99 @@ fn check_age(row: &Row, age: Option<f32>) -> Result<Option<f32>, TableError> {
     }
 }
 
-fn parse_cohort(
-    rdr: &mut csv::Reader<&[u8]>,
-    header: &[String],
-    path: &Path,
-    base: &Path,
-) -> Result<Vec<Record>, TableError> {
-    let mut out = Vec::new();
-    for row in rows(rdr, header, path) {
-        let row = row?;
-        let roi = match (
-            row.parse("roi_x")?,
-            row.parse("roi_y")?,
-            row.parse("roi_w")?,
-            row.parse("roi_h")?,
-        ) {
-            (Some(x), Some(y), Some(w), Some(h)) => Some(Roi { x, y, w, h }),
-            (None, None, None, None) => None,
-            _ => {
-                return Err(row.err(
-                    "roi_x",
-                    "roi_x, roi_y, roi_w and roi_h must be given together",
-                ));
-            }
-        };
-        let photometric = row
-            .get("photometric")
-            .map(|v| Photometric::parse(v).map_err(|e| row.err("photometric", e)))
-            .transpose()?;
-        let signs = if row.get("lysis").is_some() {
-            Some(Signs {
-                location: row
-                    .parse::<Location>("location")?
-                    .ok_or_else(|| row.err("location", "missing value"))?,
-                lysis: row.parse::<Lysis>("lysis")?.expect("checked above"),
-                narrow_transition: row.flag("narrow_transition")?,
-                expansile: row.flag("expansile")?,
-                matrix: row
-                    .parse::<Matrix>("matrix")?
-                    .ok_or_else(|| row.err("matrix", "missing value"))?,
-                sunburst: row.flag("sunburst")?,
-                codman: row.flag("codman")?,
-                lamellated: row.flag("lamellated")?,
-                sequestrum: row.flag("sequestrum")?,
-                cortical_destruction: row.flag("cortical_destruction")?,
-                soft_tissue_mass: row.flag("soft_tissue_mass")?,
-                soft_tissue_swelling: row.flag("soft_tissue_swelling")?,
-                sclerosis: row.flag("sclerosis")?,
-                size_mm: row.parse("lesion_size_mm")?.unwrap_or(0.0),
-            })
-        } else {
-            None
-        };
-        out.push(Record {
-            path: base.join(row.required("path")?),
-            patient_id: row.required("patient_id")?.to_owned(),
-            label: row
-                .parse::<Label>("label")?
-                .ok_or_else(|| row.err("label", "missing value"))?,
-            age: check_age(&row, row.parse("age")?)?,
-            sex: row.parse("sex")?,
-            site: row.parse("site")?,
-            centre: row.parse("centre")?,
-            split: row.parse("split")?,
-            roi,
-            photometric,
-            signs,
-        });
-    }
-    Ok(out)
+fn cohort_record(row: &Row, base: &Path) -> Result<Record, TableError> {
+    let roi = match (
+        row.parse("roi_x")?,
+        row.parse("roi_y")?,
+        row.parse("roi_w")?,
+        row.parse("roi_h")?,
+    ) {
+        (Some(x), Some(y), Some(w), Some(h)) => Some(Roi { x, y, w, h }),
+        (None, None, None, None) => None,
+        _ => {
+            return Err(row.err(
+                "roi_x",
+                "roi_x, roi_y, roi_w and roi_h must be given together",
+            ));
+        }
+    };
+    let photometric = row
+        .get("photometric")
+        .map(|v| Photometric::parse(v).map_err(|e| row.err("photometric", e)))
+        .transpose()?;
+    let signs = if row.get("lysis").is_some() {
+        Some(Signs {
+            location: row
+                .parse::<Location>("location")?
+                .ok_or_else(|| row.err("location", "missing value"))?,
+            lysis: row.parse::<Lysis>("lysis")?.expect("checked above"),
+            narrow_transition: row.flag("narrow_transition")?,
+            expansile: row.flag("expansile")?,
+            matrix: row
+                .parse::<Matrix>("matrix")?
+                .ok_or_else(|| row.err("matrix", "missing value"))?,
+            sunburst: row.flag("sunburst")?,
+            codman: row.flag("codman")?,
+            lamellated: row.flag("lamellated")?,
+            sequestrum: row.flag("sequestrum")?,
+            cortical_destruction: row.flag("cortical_destruction")?,
+            soft_tissue_mass: row.flag("soft_tissue_mass")?,
+            soft_tissue_swelling: row.flag("soft_tissue_swelling")?,
+            sclerosis: row.flag("sclerosis")?,
+            size_mm: row.parse("lesion_size_mm")?.unwrap_or(0.0),
+        })
+    } else {
+        None
+    };
+    Ok(Record {
+        path: base.join(row.required("path")?),
+        patient_id: row.required("patient_id")?.to_owned(),
+        label: row
+            .parse::<Label>("label")?
+            .ok_or_else(|| row.err("label", "missing value"))?,
+        age: check_age(row, row.parse("age")?)?,
+        sex: row.parse("sex")?,
+        site: row.parse("site")?,
+        centre: row.parse("centre")?,
+        split: row.parse("split")?,
+        roi,
+        photometric,
+        signs,
+    })
 }
 
-fn parse_deeptirp(
-    rdr: &mut csv::Reader<&[u8]>,
-    header: &[String],
-    path: &Path,
-    base: &Path,
-) -> Result<Vec<Record>, TableError> {
-    let mut out = Vec::new();
-    for row in rows(rdr, header, path) {
-        let row = row?;
-        let label = match row.required("ganran")? {
-            "0" => Label::Pbt,
-            "1" => Label::Infection,
-            v => {
-                return Err(row.err(
-                    "ganran",
-                    format!("{v:?} is not 0 (tumour) or 1 (infection)"),
-                ));
-            }
-        };
-        let sex = match row.get("gender") {
-            None => None,
-            Some("1") => Some(Sex::Male),
-            Some("0") => Some(Sex::Female),
-            Some(v) => {
-                return Err(row.err("gender", format!("{v:?} is not 1 (male) or 0 (female)")));
-            }
-        };
-        out.push(Record {
-            path: base.join(row.required("path")?),
-            patient_id: row.required("number")?.to_owned(),
-            label,
-            age: check_age(&row, row.parse("age")?)?,
-            sex,
-            site: None,
-            centre: None,
-            split: None,
-            roi: None,
-            photometric: None,
-            signs: None,
-        });
-    }
-    Ok(out)
+fn deeptirp_record(row: &Row, base: &Path) -> Result<Record, TableError> {
+    let label = match row.required("ganran")? {
+        "0" => Label::Pbt,
+        "1" => Label::Infection,
+        v => {
+            return Err(row.err(
+                "ganran",
+                format!("{v:?} is not 0 (tumour) or 1 (infection)"),
+            ));
+        }
+    };
+    let sex = match row.get("gender") {
+        None => None,
+        Some("1") => Some(Sex::Male),
+        Some("0") => Some(Sex::Female),
+        Some(v) => {
+            return Err(row.err("gender", format!("{v:?} is not 1 (male) or 0 (female)")));
+        }
+    };
+    Ok(Record {
+        path: base.join(row.required("path")?),
+        patient_id: row.required("number")?.to_owned(),
+        label,
+        age: check_age(row, row.parse("age")?)?,
+        sex,
+        site: None,
+        centre: None,
+        split: None,
+        roi: None,
+        photometric: None,
+        signs: None,
+    })
 }
 
 #[cfg(test)]
