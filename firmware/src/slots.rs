@@ -704,6 +704,19 @@ mod tests {
         )
     }
 
+    /// A signed x86_64-dev bundle `<seed>.tirpb` with `len` model bytes.
+    fn signed(
+        dir: &Path,
+        seed: u64,
+        len: usize,
+        version: &str,
+        sv: u32,
+        k: &ed25519_dalek::SigningKey,
+    ) -> PathBuf {
+        let name = format!("{seed}.tirpb");
+        make_bundle(dir, &name, len, seed, "x86_64-dev", version, sv, Some(k))
+    }
+
     fn install(m: &mut SlotManager, ring: &Keyring, path: &Path) -> Result<SlotId, SlotError> {
         let sha = hex::encode(bundle::file_sha256(path).unwrap());
         m.install(
@@ -721,26 +734,8 @@ mod tests {
     fn install_activate_rollback_cycle() {
         let (dir, ring, k) = setup();
         let root = dir.path().join("slots");
-        let b1 = make_bundle(
-            dir.path(),
-            "1.tirpb",
-            70_000,
-            1,
-            "x86_64-dev",
-            "1.0.0",
-            1,
-            Some(&k),
-        );
-        let b2 = make_bundle(
-            dir.path(),
-            "2.tirpb",
-            90_000,
-            2,
-            "x86_64-dev",
-            "1.1.0",
-            1,
-            Some(&k),
-        );
+        let b1 = signed(dir.path(), 1, 70_000, "1.0.0", 1, &k);
+        let b2 = signed(dir.path(), 2, 90_000, "1.1.0", 1, &k);
         let mut m = SlotManager::open(&root, &FileIntegrityCheck, 3).unwrap();
         assert!(matches!(
             m.activate(&FileIntegrityCheck),
@@ -767,26 +762,8 @@ mod tests {
     fn failed_health_check_reverts_and_trial_expires_after_n_boots() {
         let (dir, ring, k) = setup();
         let root = dir.path().join("slots");
-        let b1 = make_bundle(
-            dir.path(),
-            "1.tirpb",
-            10_000,
-            1,
-            "x86_64-dev",
-            "1.0.0",
-            0,
-            Some(&k),
-        );
-        let b2 = make_bundle(
-            dir.path(),
-            "2.tirpb",
-            10_000,
-            2,
-            "x86_64-dev",
-            "2.0.0",
-            0,
-            Some(&k),
-        );
+        let b1 = signed(dir.path(), 1, 10_000, "1.0.0", 0, &k);
+        let b2 = signed(dir.path(), 2, 10_000, "2.0.0", 0, &k);
         let mut m = SlotManager::open(&root, &FileIntegrityCheck, 2).unwrap();
         install(&mut m, &ring, &b1).unwrap();
         m.activate(&FileIntegrityCheck).unwrap();
@@ -827,26 +804,8 @@ mod tests {
     fn downgrade_refused_after_floor_rises_and_corrupt_good_slot_yields() {
         let (dir, ring, k) = setup();
         let root = dir.path().join("slots");
-        let b1 = make_bundle(
-            dir.path(),
-            "1.tirpb",
-            10_000,
-            1,
-            "x86_64-dev",
-            "1.0.0",
-            1,
-            Some(&k),
-        );
-        let b2 = make_bundle(
-            dir.path(),
-            "2.tirpb",
-            10_000,
-            2,
-            "x86_64-dev",
-            "2.0.0",
-            2,
-            Some(&k),
-        );
+        let b1 = signed(dir.path(), 1, 10_000, "1.0.0", 1, &k);
+        let b2 = signed(dir.path(), 2, 10_000, "2.0.0", 2, &k);
         let mut m = SlotManager::open(&root, &FileIntegrityCheck, 2).unwrap();
         install(&mut m, &ring, &b1).unwrap();
         m.activate(&FileIntegrityCheck).unwrap();
@@ -889,26 +848,8 @@ mod tests {
     #[test]
     fn crash_at_every_step_leaves_one_good_slot() {
         let (dir, ring, k) = setup();
-        let b1 = make_bundle(
-            dir.path(),
-            "1.tirpb",
-            40_000,
-            1,
-            "x86_64-dev",
-            "1.0.0",
-            0,
-            Some(&k),
-        );
-        let b2 = make_bundle(
-            dir.path(),
-            "2.tirpb",
-            50_000,
-            2,
-            "x86_64-dev",
-            "2.0.0",
-            0,
-            Some(&k),
-        );
+        let b1 = signed(dir.path(), 1, 40_000, "1.0.0", 0, &k);
+        let b2 = signed(dir.path(), 2, 50_000, "2.0.0", 0, &k);
         let mut crashed = 0;
         for at in 0.. {
             let root = dir.path().join(format!("slots-{at}"));

@@ -181,32 +181,24 @@ pub fn run(cmd: DeviceCommand, conn: &ConnArgs, out: &Output) -> Result<()> {
             Ok(())
         }
         DeviceCommand::Flash(a) => flash(a, conn, out),
-        DeviceCommand::Activate(k) => {
-            let key = load_key(k.key.as_deref())?;
-            let mut c = connect(conn)?;
-            confirm(
-                conn,
-                &format!("Activate the candidate on {}?", c.info.device_id),
-            )?;
-            let slots = c.activate(&key).context("activate")?;
-            out.emit(&serde_json::to_value(&slots)?, || {
-                format!("activated and marked good\n{}", slots_text(&slots))
-            });
-            Ok(())
-        }
-        DeviceCommand::Rollback(k) => {
-            let key = load_key(k.key.as_deref())?;
-            let mut c = connect(conn)?;
-            confirm(
-                conn,
-                &format!("Roll back {} to its previous slot?", c.info.device_id),
-            )?;
-            let slots = c.rollback(&key).context("rollback")?;
-            out.emit(&serde_json::to_value(&slots)?, || {
-                format!("rolled back\n{}", slots_text(&slots))
-            });
-            Ok(())
-        }
+        DeviceCommand::Activate(k) => state_change(
+            &k,
+            conn,
+            out,
+            "activate",
+            "Activate the candidate on",
+            "activated and marked good",
+            Client::activate,
+        ),
+        DeviceCommand::Rollback(k) => state_change(
+            &k,
+            conn,
+            out,
+            "rollback",
+            "Roll back to the previous slot on",
+            "rolled back",
+            Client::rollback,
+        ),
         DeviceCommand::Logs(LogsCommand::Pull {
             since,
             out: path,
@@ -266,6 +258,26 @@ pub fn run(cmd: DeviceCommand, conn: &ConnArgs, out: &Output) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// A signed slot change: confirm, sign the device's challenge, show the new slots.
+fn state_change(
+    k: &KeyArg,
+    conn: &ConnArgs,
+    out: &Output,
+    action: &str,
+    question: &str,
+    done: &str,
+    change: fn(&mut Client, &SigningKey) -> Result<SlotsReport, ClientError>,
+) -> Result<()> {
+    let key = load_key(k.key.as_deref())?;
+    let mut c = connect(conn)?;
+    confirm(conn, &format!("{question} {}?", c.info.device_id))?;
+    let slots = change(&mut c, &key).with_context(|| action.to_owned())?;
+    out.emit(&serde_json::to_value(&slots)?, || {
+        format!("{done}\n{}", slots_text(&slots))
+    });
+    Ok(())
 }
 
 fn ports(out: &Output) -> Result<()> {
