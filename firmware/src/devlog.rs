@@ -324,10 +324,8 @@ impl DevLog {
             more: false,
         };
         if page.next_seq >= self.next_seq {
-            page.next_seq = page
-                .next_seq
-                .min(self.next_seq)
-                .max(since.min(self.next_seq));
+            // Nothing new (or a cursor from before a wiped log): report where the log is.
+            page.next_seq = self.next_seq;
             return Ok(page);
         }
         let start = self
