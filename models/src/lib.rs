@@ -4,8 +4,16 @@
 //! - [`features`]: clinical feature encoding shared by training and inference.
 //! - [`preview`]: contact sheets of a cohort for people to look at.
 //! - [`table`]: label tables, ours and the DeepTIRP study's own format.
+//! - [`nets`]: the ensemble's image members (residual CNN, EfficientNet-style, ViT) in burn.
+//! - [`onnx`]: the ONNX writer the members export through (and weight-only int8).
+//! - [`radiograph`]: loading stored radiographs for preprocessing.
+//! - [`train`]: training the members (burn, flex CPU backend).
 
 pub mod cohort;
 pub mod features;
+pub mod nets;
+pub mod onnx;
 pub mod preview;
+pub mod radiograph;
 pub mod table;
+pub mod train;

@@ -1,8 +1,8 @@
 //! Contact sheet of a cohort for people to look at: examples per class and centre, each
 //! radiograph displayed (MONOCHROME1 inverted, windowed) with its lesion box drawn.
 
-use crate::cohort::acquisition::Photometric;
 use crate::cohort::clinical::Label;
+use crate::radiograph;
 use crate::table::{LabelTable, Record, TableError};
 use image::{Rgb, RgbImage, imageops};
 use std::path::{Path, PathBuf};
@@ -17,6 +17,8 @@ pub enum PreviewError {
         path: PathBuf,
         source: image::ImageError,
     },
+    #[error(transparent)]
+    Load(#[from] radiograph::LoadError),
     #[error("the table has no radiograph of {0}")]
     Empty(String),
 }
@@ -30,17 +32,9 @@ const TEXT: Rgb<u8> = Rgb([235, 235, 235]);
 pub fn load_display(
     record: &Record,
 ) -> Result<image::ImageBuffer<image::Luma<f32>, Vec<f32>>, PreviewError> {
-    let img = image::open(&record.path)
-        .map_err(|source| PreviewError::Image {
-            path: record.path.clone(),
-            source,
-        })?
-        .into_luma16();
-    let (w, h) = img.dimensions();
-    let mut v: Vec<f32> = img.into_raw().into_iter().map(f32::from).collect();
-    if record.photometric == Some(Photometric::Monochrome1) {
-        v.iter_mut().for_each(|x| *x = 65535.0 - *x);
-    }
+    let img = radiograph::load_record(record)?;
+    let (w, h) = (img.width, img.height);
+    let mut v = img.pixels;
     let mut sorted: Vec<f32> = v.iter().step_by(5).copied().collect();
     sorted.sort_by(f32::total_cmp);
     let lo = sorted[sorted.len() / 100];
