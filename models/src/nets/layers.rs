@@ -257,6 +257,14 @@ impl CamHead {
             .forward(f.mean_dim(2).mean_dim(3).reshape([n, c]))
     }
 
+    /// Logit and class-activation map of a CNN's last feature map `[N, C, H, W]`.
+    pub fn output_of_map(&self, f: Tensor<4>) -> MemberOutput {
+        MemberOutput {
+            logit: self.logit_of_map(f.clone()),
+            cam: self.cam_of_map(f),
+        }
+    }
+
     /// Per-location contributions of a feature map `[N, C, H, W]`.
     pub fn cam_of_map(&self, f: Tensor<4>) -> Tensor<4> {
         let [n, c, h, w] = f.dims();

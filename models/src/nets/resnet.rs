@@ -127,11 +127,7 @@ impl Member for ResNet {
     }
 
     fn forward(&self, x: Tensor<4>) -> MemberOutput {
-        let f = self.features(x);
-        MemberOutput {
-            logit: self.head.logit_of_map(f.clone()),
-            cam: self.head.cam_of_map(f),
-        }
+        self.head.output_of_map(self.features(x))
     }
 
     fn export_graph(&self, g: &mut Graph, x: &str) -> Result<(String, String), ExportError> {
