@@ -1,6 +1,8 @@
 //! Device side of DeepTIRP Edge: what runs on the box (and what the host shares with it).
 //!
 //! - [`board`]: typed board profiles (`boards/*.toml`).
+//! - [`clinical`]: label, sex and site, and their feature encoding (training = inference).
+//! - [`ensemble`]: `ensemble.json`, what a bundle holds for the engine.
 //! - [`glyphs`]: a 5×7 bitmap font for text burned into images.
 //! - [`preprocess`]: the one preprocessing implementation, shared by training and inference.
 //! - [`link`], [`bundle`], [`slots`], [`devlog`], [`provision`], [`daemon`]: the provisioning
@@ -8,9 +10,11 @@
 
 pub mod board;
 pub mod bundle;
+pub mod clinical;
 #[cfg(unix)]
 pub mod daemon;
 pub mod devlog;
+pub mod ensemble;
 pub mod glyphs;
 pub mod link;
 pub mod preprocess;

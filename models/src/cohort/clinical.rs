@@ -5,50 +5,9 @@
 //! in 5-year bins (681 tumour and 302 infection patients).
 
 use rand::Rng;
-use serde::{Deserialize, Serialize};
-use std::fmt;
-use std::str::FromStr;
 
-/// The question the product answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Label {
-    /// Primary bone tumour.
-    Pbt,
-    /// Bone infection (osteomyelitis).
-    Infection,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Sex {
-    Male,
-    Female,
-}
-
-/// Lesion site: five long bones and one flat bone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Site {
-    Femur,
-    Tibia,
-    Humerus,
-    RadiusUlna,
-    Fibula,
-    Pelvis,
-}
-
-impl Site {
-    pub const ALL: [Site; 6] = [
-        Site::Femur,
-        Site::Tibia,
-        Site::Humerus,
-        Site::RadiusUlna,
-        Site::Fibula,
-        Site::Pelvis,
-    ];
-
-    pub fn is_flat_bone(self) -> bool {
-        self == Site::Pelvis
-    }
-}
+pub use tirp_firmware::clinical::{Label, Sex, Site};
+pub(crate) use tirp_firmware::text_enum;
 
 /// Fraction of infections among patients (302 of 983 in the public table).
 pub const INFECTION_FRACTION: f64 = 0.31;
@@ -116,60 +75,10 @@ pub fn sample_site<R: Rng>(rng: &mut R, label: Label) -> Site {
     Site::ALL[categorical(rng, &site_weights(label))]
 }
 
-macro_rules! text_enum {
-    ($ty:ty, $what:literal, { $($variant:path => $text:literal),+ $(,)? }) => {
-        impl $ty {
-            pub fn as_str(self) -> &'static str {
-                match self { $($variant => $text),+ }
-            }
-        }
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-        impl FromStr for $ty {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, String> {
-                match s.trim().to_ascii_lowercase().as_str() {
-                    $($text => Ok($variant),)+
-                    other => Err(format!(
-                        concat!("unknown ", $what, " {:?} (expected one of: {})"),
-                        other,
-                        [$($text),+].join(", ")
-                    )),
-                }
-            }
-        }
-    };
-}
-pub(crate) use text_enum;
-
-text_enum!(Label, "label", { Label::Pbt => "pbt", Label::Infection => "infection" });
-text_enum!(Sex, "sex", { Sex::Male => "m", Sex::Female => "f" });
-text_enum!(Site, "site", {
-    Site::Femur => "femur",
-    Site::Tibia => "tibia",
-    Site::Humerus => "humerus",
-    Site::RadiusUlna => "radius_ulna",
-    Site::Fibula => "fibula",
-    Site::Pelvis => "pelvis",
-});
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use rand::SeedableRng;
-
-    #[test]
-    fn text_roundtrip_and_errors() {
-        for s in Site::ALL {
-            assert_eq!(s.as_str().parse::<Site>().unwrap(), s);
-        }
-        assert_eq!("Infection".parse::<Label>().unwrap(), Label::Infection);
-        let e = "tumor".parse::<Label>().unwrap_err();
-        assert!(e.contains("pbt, infection"), "{e}");
-    }
 
     #[test]
     fn age_histograms_match_the_public_table_totals() {

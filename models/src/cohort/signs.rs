@@ -5,8 +5,6 @@
 use super::clinical::{Label, categorical, text_enum};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use std::fmt;
-use std::str::FromStr;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Lysis {
