@@ -3,8 +3,10 @@
 //! - [`board`]: typed board profiles (`boards/*.toml`).
 //! - [`clinical`]: label, sex and site, and their feature encoding (training = inference).
 //! - [`ensemble`]: `ensemble.json`, what a bundle holds for the engine.
+//! - [`engine`]: the inference engine (tract): bundle → flag, probability, heat-map.
 //! - [`glyphs`]: a 5×7 bitmap font for text burned into images.
 //! - [`preprocess`]: the one preprocessing implementation, shared by training and inference.
+//! - [`radiograph`]: decoding PNG, JPEG and DICOM radiographs to MONOCHROME2.
 //! - [`link`], [`bundle`], [`slots`], [`devlog`], [`provision`], [`daemon`]: the provisioning
 //!   link (shared with the host), signed bundles, A/B slots, the device log, the daemon.
 
@@ -14,9 +16,11 @@ pub mod clinical;
 #[cfg(unix)]
 pub mod daemon;
 pub mod devlog;
+pub mod engine;
 pub mod ensemble;
 pub mod glyphs;
 pub mod link;
 pub mod preprocess;
 pub mod provision;
+pub mod radiograph;
 pub mod slots;

@@ -2,6 +2,7 @@
 //!
 //! - [`cohort`]: the synthetic multi-centre radiograph cohort (real patient data is private).
 //! - [`features`]: clinical feature encoding shared by training and inference.
+//! - [`fixture`]: small random-initialised bundles for tests and demos of the engine.
 //! - [`preview`]: contact sheets of a cohort for people to look at.
 //! - [`table`]: label tables, ours and the DeepTIRP study's own format.
 //! - [`nets`]: the ensemble's image members (residual CNN, EfficientNet-style, ViT) in burn.
@@ -11,6 +12,7 @@
 
 pub mod cohort;
 pub mod features;
+pub mod fixture;
 pub mod nets;
 pub mod onnx;
 pub mod preview;

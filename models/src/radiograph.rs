@@ -1,48 +1,20 @@
-//! Reading stored radiographs (PNG, 8- or 16-bit, or JPEG) into the preprocessing's
-//! `GrayImage`, in MONOCHROME2 orientation. Training, previews and any offline tool load
-//! images through here so they all see the pixels inference sees.
+//! Reading a label table's radiographs into the preprocessing's `GrayImage`, in
+//! MONOCHROME2 orientation. Decoding itself (PNG 8/16-bit, JPEG, DICOM) lives in
+//! `tirp_firmware::radiograph`, so training, previews and the box see the same pixels.
 
 use crate::cohort::acquisition::Photometric;
 use crate::table::Record;
-use std::path::{Path, PathBuf};
-use tirp_firmware::preprocess::{GrayImage, PreprocessError};
+use tirp_firmware::preprocess::GrayImage;
+pub use tirp_firmware::radiograph::{LoadError, load_gray};
 
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error("{path}: {source}")]
-    Decode {
-        path: PathBuf,
-        source: image::ImageError,
-    },
-    #[error("{path}: {source}")]
-    Pixels {
-        path: PathBuf,
-        source: PreprocessError,
-    },
-}
-
-/// Decodes the image at `path` as grey levels in detector units (as stored).
-pub fn load_gray(path: &Path) -> Result<GrayImage, LoadError> {
-    let img = image::open(path)
-        .map_err(|source| LoadError::Decode {
-            path: path.to_owned(),
-            source,
-        })?
-        .into_luma16();
-    let (w, h) = img.dimensions();
-    let pixels = img.into_raw().into_iter().map(f32::from).collect();
-    GrayImage::new(w, h, pixels).map_err(|source| LoadError::Pixels {
-        path: path.to_owned(),
-        source,
-    })
-}
-
-/// The record's radiograph in MONOCHROME2 (bone bright): MONOCHROME1 images are inverted.
-/// Tables without a photometric column are taken as MONOCHROME2, as stored JPEG/PNG
-/// exports of radiographs are.
+/// The record's radiograph in MONOCHROME2 (bone bright). DICOM files are brought to
+/// MONOCHROME2 by their own PhotometricInterpretation; PNG/JPEG carry none, so a table
+/// saying MONOCHROME1 inverts them. Tables without a photometric column are taken as
+/// MONOCHROME2, as stored JPEG/PNG exports of radiographs are.
 pub fn load_record(record: &Record) -> Result<GrayImage, LoadError> {
-    let mut img = load_gray(&record.path)?;
-    if record.photometric == Some(Photometric::Monochrome1) {
+    let d = tirp_firmware::radiograph::load(&record.path)?;
+    let mut img = d.image;
+    if d.photometric.is_none() && record.photometric == Some(Photometric::Monochrome1) {
         img.invert();
     }
     Ok(img)
@@ -51,7 +23,10 @@ pub fn load_record(record: &Record) -> Result<GrayImage, LoadError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cohort::clinical::Label;
+    use crate::cohort::clinical::{Label, Site};
+    use crate::cohort::{CohortConfig, dicom, encode_png16, plan, render};
+    use rand::SeedableRng;
+    use std::path::PathBuf;
 
     fn record(path: PathBuf, photometric: Option<Photometric>) -> Record {
         Record {
@@ -85,5 +60,53 @@ mod tests {
         assert_eq!(m1.pixels[32 * 16 - 1], 0.0);
         let e = load_record(&record(dir.path().join("missing.png"), None)).unwrap_err();
         assert!(e.to_string().contains("missing.png"), "{e}");
+    }
+
+    /// A centre-3 radiograph stored as PNG (table says MONOCHROME1) and as DICOM (the file
+    /// says MONOCHROME1 too) loads to the same MONOCHROME2 pixels: inverted exactly once.
+    #[test]
+    fn dicom_and_png_of_a_monochrome1_centre_agree() {
+        let cfg = CohortConfig {
+            patients: 30,
+            ..Default::default()
+        };
+        let patients = plan(&cfg).unwrap();
+        let p = patients.iter().find(|p| p.centre == 3).unwrap();
+        let img = render::radiograph(&mut rand_chacha::ChaCha8Rng::seed_from_u64(5), p, 64);
+        let dir = tempfile::tempdir().unwrap();
+        let png = dir.path().join("r.png");
+        let dcm = dir.path().join("r.dcm");
+        std::fs::write(
+            &png,
+            encode_png16(&img.pixels, img.width, img.height).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(&dcm, dicom::encode(p, 0, &img, cfg.seed).unwrap()).unwrap();
+        let m1 = Some(Photometric::Monochrome1);
+        let a = load_record(&record(png, m1)).unwrap();
+        let b = load_record(&record(dcm.clone(), m1)).unwrap();
+        assert_eq!(a, b);
+        let raw = load_gray(&png_path(&dir)).unwrap();
+        assert_ne!(raw, a, "the PNG as stored is MONOCHROME1");
+        let header = tirp_firmware::radiograph::load(&dcm)
+            .unwrap()
+            .dicom
+            .unwrap();
+        assert_eq!(header.age, Some(p.age as f32));
+        assert_eq!(header.site, Some(p.site));
+    }
+
+    fn png_path(dir: &tempfile::TempDir) -> PathBuf {
+        dir.path().join("r.png")
+    }
+
+    #[test]
+    fn every_site_survives_the_dicom_body_part() {
+        for s in Site::ALL {
+            assert_eq!(
+                tirp_firmware::radiograph::site_from_body_part(dicom::body_part(s)),
+                Some(s)
+            );
+        }
     }
 }

@@ -4,37 +4,12 @@
 
 use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
-use serde::{Deserialize, Serialize};
 
 /// Stored values are 12-bit.
 pub const MAX_VALUE: u16 = 4095;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Photometric {
-    /// Brighter = more attenuation (bone white).
-    Monochrome2,
-    /// Inverted: brighter = less attenuation.
-    Monochrome1,
-}
-
-impl Photometric {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Photometric::Monochrome2 => "MONOCHROME2",
-            Photometric::Monochrome1 => "MONOCHROME1",
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<Self, String> {
-        match s.trim() {
-            "MONOCHROME2" => Ok(Photometric::Monochrome2),
-            "MONOCHROME1" => Ok(Photometric::Monochrome1),
-            other => Err(format!(
-                "unknown photometric interpretation {other:?} (expected MONOCHROME1 or MONOCHROME2)"
-            )),
-        }
-    }
-}
+/// Defined with the decoder on the device side; re-exported for the cohort.
+pub use tirp_firmware::radiograph::Photometric;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Curve {

@@ -1,7 +1,7 @@
 //! An EfficientNet-style net: stem, MBConv blocks (1×1 expand, depthwise 3×3,
 //! squeeze-excitation, 1×1 project, residual where shapes allow), a 1×1 head conv.
 
-use super::layers::{Act, CamHead, ConvBn, MemberOutput, SqueezeExcite};
+use super::layers::{Act, CamHead, ConvBn, GraphOutputs, MemberOutput, SqueezeExcite};
 use super::{Member, MemberKind};
 use crate::onnx::{ExportError, Graph};
 use burn::prelude::*;
@@ -147,6 +147,10 @@ impl Member for EffNet {
         self.cam_side
     }
 
+    fn fmap_channels(&self) -> usize {
+        self.head.channels()
+    }
+
     fn forward_logit(&self, x: Tensor<4>) -> Tensor<2> {
         self.head.logit_of_map(self.features(x))
     }
@@ -155,7 +159,7 @@ impl Member for EffNet {
         self.head.output_of_map(self.features(x))
     }
 
-    fn export_graph(&self, g: &mut Graph, x: &str) -> Result<(String, String), ExportError> {
+    fn export_graph(&self, g: &mut Graph, x: &str) -> Result<GraphOutputs, ExportError> {
         let y = self.stem.export(g, x)?;
         let mut y = g.silu(&y);
         for b in &self.blocks {

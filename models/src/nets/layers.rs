@@ -236,6 +236,15 @@ pub struct CamHead {
     pub linear: Linear,
 }
 
+/// Names of a member graph's output tensors: `logit [N, 1]`, `cam [N, 1, h, w]` and the
+/// last feature map `fmap [N, C, h, w]` that feeds the head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphOutputs {
+    pub logit: String,
+    pub cam: String,
+    pub fmap: String,
+}
+
 /// A member's outputs: `logit [N, 1]` and `cam [N, 1, h, w]`.
 #[derive(Debug, Clone)]
 pub struct MemberOutput {
@@ -248,6 +257,11 @@ impl CamHead {
         CamHead {
             linear: linear(device, channels, 1),
         }
+    }
+
+    /// Channels of the feature map (or token width) the head reads.
+    pub fn channels(&self) -> usize {
+        self.linear.weight.dims()[0]
     }
 
     /// Logit only (training): `[N, C, H, W]` → `[N, 1]`.
@@ -281,12 +295,14 @@ impl CamHead {
             .swap_dims(1, 2)
     }
 
+    /// Exports the head on a CNN's last feature map `f` `[N, C, H, W]`; that map is also
+    /// the graph's `fmap` output (Score-CAM masks with it).
     pub fn export_map(
         &self,
         g: &mut Graph,
         f: &str,
         hw: usize,
-    ) -> Result<(String, String), ExportError> {
+    ) -> Result<GraphOutputs, ExportError> {
         let (w, b) = linear_weights(&self.linear)?;
         let pooled = g.global_average_pool(f);
         let flat = g.flatten(&pooled);
@@ -306,16 +322,21 @@ impl CamHead {
                 groups: 1,
             },
         );
-        Ok((logit, cam))
+        Ok(GraphOutputs {
+            logit,
+            cam,
+            fmap: f.to_owned(),
+        })
     }
 
-    /// Tokens `[N, T, D]` on a `grid`×`grid` patch grid.
+    /// Tokens `[N, T, D]` on a `grid`×`grid` patch grid; `fmap` is the tokens laid out as a
+    /// feature map `[N, D, grid, grid]`.
     pub fn export_tokens(
         &self,
         g: &mut Graph,
         tokens: &str,
         grid: usize,
-    ) -> Result<(String, String), ExportError> {
+    ) -> Result<GraphOutputs, ExportError> {
         let (w, b) = linear_weights(&self.linear)?;
         let pooled = g.reduce_mean(tokens, &[1], false);
         let logit = g.gemm(&pooled, &w, &b);
@@ -326,6 +347,9 @@ impl CamHead {
         let per_token = g.linear(tokens, &sw, &sb);
         let per_token = g.transpose(&per_token, &[0, 2, 1]);
         let cam = g.reshape(&per_token, &[-1, 1, grid as i64, grid as i64]);
-        Ok((logit, cam))
+        let d = w.dims[0] as i64;
+        let channels_first = g.transpose(tokens, &[0, 2, 1]);
+        let fmap = g.reshape(&channels_first, &[-1, d, grid as i64, grid as i64]);
+        Ok(GraphOutputs { logit, cam, fmap })
     }
 }

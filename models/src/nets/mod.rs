@@ -5,7 +5,9 @@
 //! - `logit [N, 1]`: global pooling + linear, the log-odds of a primary bone tumour;
 //! - `cam [N, 1, h, w]`: each location's (token's) additive contribution to that logit,
 //!   `(W·f(x,y) + b)/hw`, so the map sums exactly to the logit. The engine shows it as the
-//!   Grad-CAM heat-map (for a linear head on pooled features the two coincide).
+//!   Grad-CAM heat-map (for a linear head on pooled features the two coincide);
+//! - `fmap [N, C, h, w]`: the last feature map `f` that feeds the head (a ViT's tokens laid
+//!   out on the patch grid), which the engine's Score-CAM masks with.
 
 pub mod effnet;
 pub mod layers;
@@ -13,7 +15,7 @@ pub mod resnet;
 pub mod vit;
 
 pub use effnet::{EffNet, EffNetConfig};
-pub use layers::MemberOutput;
+pub use layers::{GraphOutputs, MemberOutput};
 pub use resnet::{ResNet, ResNetConfig};
 pub use vit::{Vit, VitConfig};
 
@@ -51,6 +53,7 @@ impl std::fmt::Display for MemberKind {
 pub const INPUT: &str = "x";
 pub const LOGIT: &str = "logit";
 pub const CAM: &str = "cam";
+pub const FMAP: &str = "fmap";
 
 pub trait Member: Module + 'static {
     const KIND: MemberKind;
@@ -66,22 +69,27 @@ pub trait Member: Module + 'static {
 
     fn forward(&self, x: Tensor<4>) -> MemberOutput;
 
-    /// Writes the eval-mode forward into `g`, returning the logit and cam tensor names.
-    fn export_graph(&self, g: &mut Graph, x: &str) -> Result<(String, String), ExportError>;
+    /// Channels of the last feature map (`fmap [N, C, h, w]`, h = w = `cam_side`).
+    fn fmap_channels(&self) -> usize;
+
+    /// Writes the eval-mode forward into `g`, returning its output tensors' names.
+    fn export_graph(&self, g: &mut Graph, x: &str) -> Result<GraphOutputs, ExportError>;
 }
 
-/// The member's eval-mode forward as an ONNX model with outputs `logit` and `cam`.
+/// The member's eval-mode forward as an ONNX model with outputs `logit`, `cam` and `fmap`.
 pub fn export<M: Member>(m: &M) -> Result<Model, ExportError> {
     let mut g = Graph::new();
-    let (logit, cam) = m.export_graph(&mut g, INPUT)?;
+    let GraphOutputs { logit, cam, fmap } = m.export_graph(&mut g, INPUT)?;
     let s = m.input_size();
     let c = m.cam_side();
+    let k = m.fmap_channels();
     Ok(g.finish(
         INPUT,
         [1, s, s],
         &[
             (&logit, LOGIT, vec![None, Some(1)]),
             (&cam, CAM, vec![None, Some(1), Some(c), Some(c)]),
+            (&fmap, FMAP, vec![None, Some(k), Some(c), Some(c)]),
         ],
         &format!("DeepTIRP Edge image member `{}`", M::KIND),
     ))

@@ -1,7 +1,7 @@
 //! A small residual CNN: stem, then stages of basic blocks (two 3×3 conv+BN with an
 //! identity or projected shortcut), each later stage halving the resolution.
 
-use super::layers::{CamHead, ConvBn, MemberOutput};
+use super::layers::{CamHead, ConvBn, GraphOutputs, MemberOutput};
 use super::{Member, MemberKind};
 use crate::onnx::{ExportError, Graph};
 use burn::prelude::*;
@@ -122,6 +122,10 @@ impl Member for ResNet {
         self.cam_side
     }
 
+    fn fmap_channels(&self) -> usize {
+        self.head.channels()
+    }
+
     fn forward_logit(&self, x: Tensor<4>) -> Tensor<2> {
         self.head.logit_of_map(self.features(x))
     }
@@ -130,7 +134,7 @@ impl Member for ResNet {
         self.head.output_of_map(self.features(x))
     }
 
-    fn export_graph(&self, g: &mut Graph, x: &str) -> Result<(String, String), ExportError> {
+    fn export_graph(&self, g: &mut Graph, x: &str) -> Result<GraphOutputs, ExportError> {
         let y = self.stem.export(g, x)?;
         let mut y = g.relu(&y);
         for b in &self.blocks {

@@ -3,7 +3,9 @@
 //! LayerNorm and mean-pooled tokens. No class token: the head pools tokens, so each
 //! token's contribution to the logit is the class-activation map.
 
-use super::layers::{self, CamHead, MemberOutput, export_conv, export_layer_norm, export_linear};
+use super::layers::{
+    self, CamHead, GraphOutputs, MemberOutput, export_conv, export_layer_norm, export_linear,
+};
 use super::{Member, MemberKind};
 use crate::onnx::{ExportError, Graph, Weights};
 use burn::module::Param;
@@ -177,6 +179,10 @@ impl Member for Vit {
         self.grid()
     }
 
+    fn fmap_channels(&self) -> usize {
+        self.head.channels()
+    }
+
     fn forward_logit(&self, x: Tensor<4>) -> Tensor<2> {
         let t = self.tokens(x);
         let [n, _, d] = t.dims();
@@ -196,7 +202,7 @@ impl Member for Vit {
         }
     }
 
-    fn export_graph(&self, g: &mut Graph, x: &str) -> Result<(String, String), ExportError> {
+    fn export_graph(&self, g: &mut Graph, x: &str) -> Result<GraphOutputs, ExportError> {
         let grid = self.grid() as i64;
         let tokens = (grid * grid) as usize;
         let d = self.pos.dims()[2] as i64;

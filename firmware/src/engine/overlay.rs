@@ -1,0 +1,224 @@
+//! The heat-map overlay a radiographer sees: the crop the members looked at (with the ROI
+//! box drawn), the PBT-evidence map blended in the turbo colour map, a legend bar, and a
+//! text band with the flag, the probability and "NOT FOR DIAGNOSTIC USE".
+
+use super::{Prediction, cam};
+use crate::glyphs;
+use crate::preprocess::GrayImage;
+use image::{ImageBuffer, Rgb, RgbImage};
+
+/// Side of the displayed crop, pixels.
+pub const PANEL: u32 = 384;
+const LEGEND_W: u32 = 18;
+const MARGIN: u32 = 8;
+const TEXT_SCALE: u32 = 2;
+const LINE_H: u32 = (glyphs::GLYPH_H + 3) * TEXT_SCALE;
+/// Largest opacity of the colour map (at the map's maximum).
+const MAX_ALPHA: f32 = 0.6;
+
+/// Turbo (Mikhailov 2019), the published degree-5 polynomial fit: perceptually ordered,
+/// near-black (0) → blue → green → red → dark red (1).
+pub fn turbo(t: f32) -> [u8; 3] {
+    let x = t.clamp(0.0, 1.0) as f64;
+    let poly = |c: [f64; 6]| {
+        let v = c[0] + x * (c[1] + x * (c[2] + x * (c[3] + x * (c[4] + x * c[5]))));
+        (v.clamp(0.0, 1.0) * 255.0).round() as u8
+    };
+    [
+        poly([
+            0.13572138,
+            4.61539260,
+            -42.66032258,
+            132.13108234,
+            -152.94239396,
+            59.28637943,
+        ]),
+        poly([
+            0.09140261,
+            2.19418839,
+            4.84296658,
+            -14.18503333,
+            4.27729857,
+            2.82956604,
+        ]),
+        poly([
+            0.10667330,
+            12.64194608,
+            -60.58204836,
+            110.36276771,
+            -89.90310912,
+            27.34824973,
+        ]),
+    ]
+}
+
+/// The overlay as an RGB image.
+pub fn render(image: &GrayImage, p: &Prediction) -> RgbImage {
+    let hm = &p.heatmap;
+    let lines = text_lines(p);
+    let width = MARGIN * 3 + PANEL + LEGEND_W + glyphs::text_width("MAX", TEXT_SCALE) + MARGIN;
+    let width = width.max(
+        lines
+            .iter()
+            .map(|l| glyphs::text_width(l, TEXT_SCALE))
+            .max()
+            .unwrap_or(0)
+            + 2 * MARGIN,
+    );
+    let height = MARGIN * 2 + PANEL + MARGIN + LINE_H * lines.len() as u32 + MARGIN;
+    let mut out: RgbImage = ImageBuffer::from_pixel(width, height, Rgb([16, 16, 16]));
+
+    // The crop, windowed between its 1st and 99th percentile grey levels.
+    let crop = hm.crop;
+    let sample = |u: f32, v: f32| -> f32 {
+        let x = (crop.x as f32 + u * crop.side as f32).floor() as i64;
+        let y = (crop.y as f32 + v * crop.side as f32).floor() as i64;
+        let x = x.clamp(0, image.width as i64 - 1) as usize;
+        let y = y.clamp(0, image.height as i64 - 1) as usize;
+        image.pixels[y * image.width as usize + x]
+    };
+    let mut grey: Vec<f32> = (0..PANEL * PANEL)
+        .map(|i| {
+            let (px, py) = (i % PANEL, i / PANEL);
+            sample(
+                (px as f32 + 0.5) / PANEL as f32,
+                (py as f32 + 0.5) / PANEL as f32,
+            )
+        })
+        .collect();
+    let mut sorted = grey.clone();
+    sorted.sort_by(f32::total_cmp);
+    let lo = sorted[sorted.len() / 100];
+    let hi = sorted[sorted.len() * 99 / 100];
+    let range = if hi > lo { hi - lo } else { 1.0 };
+    for g in &mut grey {
+        *g = ((*g - lo) / range).clamp(0.0, 1.0);
+    }
+    let heat = cam::upsample(
+        &hm.values,
+        hm.side as usize,
+        hm.side as usize,
+        PANEL as usize,
+    );
+    let scale = if hm.max > 0.0 { 1.0 / hm.max } else { 0.0 };
+    let (ox, oy) = (MARGIN, MARGIN);
+    for py in 0..PANEL {
+        for px in 0..PANEL {
+            let i = (py * PANEL + px) as usize;
+            let g = grey[i] * 255.0;
+            let h = (heat[i] * scale).clamp(0.0, 1.0);
+            let c = turbo(h);
+            let a = MAX_ALPHA * h;
+            let mix = |k: usize| (g * (1.0 - a) + c[k] as f32 * a).round() as u8;
+            out.put_pixel(ox + px, oy + py, Rgb([mix(0), mix(1), mix(2)]));
+        }
+    }
+
+    // The ROI box inside the crop.
+    let to_panel = |v: f32, origin: i64| {
+        ((v - origin as f32) / crop.side as f32 * PANEL as f32).round() as i64
+    };
+    let (x0, y0) = (
+        to_panel(p.roi.x as f32, crop.x),
+        to_panel(p.roi.y as f32, crop.y),
+    );
+    let (x1, y1) = (
+        to_panel((p.roi.x + p.roi.w) as f32, crop.x) - 1,
+        to_panel((p.roi.y + p.roi.h) as f32, crop.y) - 1,
+    );
+    let mut dot = |x: i64, y: i64| {
+        if (0..PANEL as i64).contains(&x) && (0..PANEL as i64).contains(&y) {
+            out.put_pixel(ox + x as u32, oy + y as u32, Rgb([255, 255, 0]));
+        }
+    };
+    for x in x0..=x1 {
+        dot(x, y0);
+        dot(x, y1);
+    }
+    for y in y0..=y1 {
+        dot(x0, y);
+        dot(x1, y);
+    }
+
+    // Legend: the colour bar, 0 at the bottom, the map's maximum at the top.
+    let lx = ox + PANEL + MARGIN;
+    for y in 0..PANEL {
+        let c = turbo(1.0 - y as f32 / (PANEL - 1) as f32);
+        for x in 0..LEGEND_W {
+            out.put_pixel(lx + x, oy + y, Rgb(c));
+        }
+    }
+    let white = Rgb([240, 240, 240]);
+    let tx = lx + LEGEND_W + 4;
+    draw_text(&mut out, "MAX", tx, oy, white);
+    draw_text(
+        &mut out,
+        "0",
+        tx,
+        oy + PANEL - glyphs::GLYPH_H * TEXT_SCALE,
+        white,
+    );
+
+    // Text band.
+    let mut ty = oy + PANEL + MARGIN * 2;
+    for (i, line) in lines.iter().enumerate() {
+        let colour = match i {
+            0 if p.pbt => Rgb([255, 110, 90]),
+            0 => Rgb([120, 200, 255]),
+            _ if line == super::NOTICE => Rgb([255, 220, 0]),
+            _ => white,
+        };
+        draw_text(&mut out, line, MARGIN, ty, colour);
+        ty += LINE_H;
+    }
+    out
+}
+
+fn text_lines(p: &Prediction) -> Vec<String> {
+    vec![
+        p.flag.to_uppercase(),
+        format!(
+            "P(PBT) = {:.3}   THRESHOLD {:.3}   {}",
+            p.probability,
+            p.threshold,
+            p.heatmap.method.as_str().to_uppercase()
+        ),
+        format!("{} {}", p.bundle.name, p.bundle.version),
+        super::NOTICE.to_owned(),
+    ]
+}
+
+fn draw_text(img: &mut RgbImage, text: &str, x: u32, y: u32, colour: Rgb<u8>) {
+    let (w, h) = img.dimensions();
+    glyphs::render(text, TEXT_SCALE, |dx, dy| {
+        let (px, py) = (x + dx, y + dy);
+        if px < w && py < h {
+            img.put_pixel(px, py, colour);
+        }
+    });
+}
+
+/// The overlay encoded as PNG.
+pub fn render_png(image: &GrayImage, p: &Prediction) -> Result<Vec<u8>, image::ImageError> {
+    let img = render(image, p);
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut bytes, image::ImageFormat::Png)?;
+    Ok(bytes.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn turbo_runs_dark_blue_to_dark_red() {
+        let [r0, g0, b0] = turbo(0.0);
+        assert!((r0 as u32 + g0 as u32 + b0 as u32) < 120, "starts dark");
+        let [r, _, b] = turbo(0.25);
+        assert!(b > 2 * r, "then blue");
+        let [r1, g1, b1] = turbo(1.0);
+        assert!(r1 > g1 && r1 > b1, "ends red");
+        let [_, g, _] = turbo(0.5);
+        assert!(g > 180, "green in the middle");
+    }
+}

@@ -1,0 +1,199 @@
+//! Loading ONNX graphs into tract plans, once per bundle, shared by every thread.
+//!
+//! CPU (default build): `model_for_path` → input fact with a symbolic batch `N` →
+//! `into_optimized` → `into_runnable`, one `Arc` plan per graph (tract's plans are
+//! `Send + Sync`; each run spawns its own state).
+//!
+//! `cuda` feature: the typed model goes through tract's runtime registry by the virtual name
+//! `gpu-or-cpu`, which takes CUDA when its driver and libraries load and the CPU otherwise;
+//! the chosen runtime's name is reported. The CUDA transform is never called directly (it
+//! panics without a GPU).
+
+use super::EngineError;
+use std::path::Path;
+use std::sync::Arc;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::runtime::Runnable;
+
+/// A graph ready to run: its plan and the positions of the outputs the engine reads.
+#[derive(Clone)]
+pub struct Plan {
+    runnable: Arc<dyn Runnable>,
+    /// The file it came from, for error messages.
+    pub file: String,
+    /// Names of the selected outputs, in the order [`Plan::run`] returns them.
+    pub outputs: Vec<String>,
+    /// Which runtime runs it ("cpu", "cuda").
+    pub backend: String,
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan")
+            .field("file", &self.file)
+            .field("outputs", &self.outputs)
+            .field("backend", &self.backend)
+            .finish()
+    }
+}
+
+/// An output of a run: row-major values and their shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
+}
+
+fn tract_err(file: &str, what: &str) -> impl Fn(TractError) -> EngineError {
+    let (file, what) = (file.to_owned(), what.to_owned());
+    move |e| EngineError::Model {
+        file: file.clone(),
+        message: format!("{what}: {e:#}"),
+    }
+}
+
+/// Declared output names of an ONNX graph, in graph order.
+fn output_names(model: &InferenceModel) -> Vec<String> {
+    model
+        .output_outlets()
+        .map(|o| {
+            o.iter()
+                .map(|&outlet| {
+                    model
+                        .outlet_label(outlet)
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| model.node(outlet.node).name.clone())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Plan {
+    /// Loads `path`, whose single f32 input has shape `[N, rest…]`, selecting the outputs
+    /// `required` (all must exist) then those of `optional` that exist.
+    pub fn load(
+        path: &Path,
+        rest: &[usize],
+        required: &[&str],
+        optional: &[&str],
+        gpu: bool,
+    ) -> Result<Plan, EngineError> {
+        let file = path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string());
+        if !path.is_file() {
+            return Err(EngineError::Model {
+                file,
+                message: format!("{} does not exist", path.display()),
+            });
+        }
+        let model = tract_onnx::onnx()
+            .model_for_path(path)
+            .map_err(tract_err(&file, "parsing ONNX"))?;
+        let declared = output_names(&model);
+        for r in required {
+            if !declared.iter().any(|d| d == r) {
+                return Err(EngineError::Model {
+                    file,
+                    message: format!("no output `{r}` (the graph's outputs: {declared:?})"),
+                });
+            }
+        }
+        let mut outputs: Vec<String> = required.iter().map(|s| s.to_string()).collect();
+        outputs.extend(
+            optional
+                .iter()
+                .filter(|o| declared.iter().any(|d| d == *o))
+                .map(|s| s.to_string()),
+        );
+        let batch = model.sym("N");
+        let mut shape: TVec<TDim> = tvec![batch.to_dim()];
+        shape.extend(rest.iter().map(|&d| d.to_dim()));
+        let model = model
+            .with_outputs_by_name(&outputs)
+            .map_err(tract_err(&file, "selecting outputs"))?
+            .with_input_fact(0, f32::fact(shape).into())
+            .map_err(tract_err(&file, "setting the input shape"))?;
+        let (runnable, backend) = prepare(model, gpu, &file)?;
+        Ok(Plan {
+            runnable,
+            file,
+            outputs,
+            backend,
+        })
+    }
+
+    /// The concrete trailing dimensions (after the batch) of output `ix`, when known.
+    pub fn output_dims(&self, ix: usize) -> Option<Vec<usize>> {
+        let fact = self.runnable.output_fact(ix).ok()?;
+        fact.shape
+            .iter()
+            .skip(1)
+            .map(|d| d.as_i64().map(|v| v as usize))
+            .collect()
+    }
+
+    pub fn has_output(&self, name: &str) -> bool {
+        self.outputs.iter().any(|o| o == name)
+    }
+
+    /// Runs a batch: `x` holds `n × Π rest` values.
+    pub fn run(&self, x: &[f32], n: usize, rest: &[usize]) -> Result<Vec<Output>, EngineError> {
+        let mut shape = vec![n];
+        shape.extend_from_slice(rest);
+        let err = tract_err(&self.file, "running");
+        let input = Tensor::from_shape(&shape, x).map_err(&err)?;
+        let out = self.runnable.run(tvec!(input.into())).map_err(&err)?;
+        out.iter()
+            .map(|t| {
+                let view = t.to_plain_array_view::<f32>().map_err(&err)?;
+                Ok(Output {
+                    shape: view.shape().to_vec(),
+                    values: view.iter().copied().collect(),
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn prepare(
+    model: InferenceModel,
+    _gpu: bool,
+    file: &str,
+) -> Result<(Arc<dyn Runnable>, String), EngineError> {
+    let plan = model
+        .into_optimized()
+        .map_err(tract_err(file, "optimising"))?
+        .into_runnable()
+        .map_err(tract_err(file, "planning"))?;
+    Ok((Arc::new(plan), "cpu".to_owned()))
+}
+
+#[cfg(feature = "cuda")]
+fn prepare(
+    model: InferenceModel,
+    gpu: bool,
+    file: &str,
+) -> Result<(Arc<dyn Runnable>, String), EngineError> {
+    use tract_onnx::tract_core::runtime::runtime_for_name;
+    // Linking tract-cuda registers its runtime; keep the crate in the link.
+    use tract_cuda as _;
+    let name = if gpu { "gpu-or-cpu" } else { "cpu" };
+    let rt = runtime_for_name(name)
+        .map_err(tract_err(file, "choosing a runtime"))?
+        .ok_or_else(|| EngineError::Model {
+            file: file.to_owned(),
+            message: format!("no tract runtime `{name}`"),
+        })?;
+    let typed = model
+        .into_typed()
+        .and_then(|m| m.into_decluttered())
+        .map_err(tract_err(file, "typing"))?;
+    let runnable = rt
+        .prepare(typed)
+        .map_err(tract_err(file, "preparing on the chosen runtime"))?;
+    Ok((Arc::from(runnable), rt.name().to_string()))
+}
