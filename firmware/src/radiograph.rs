@@ -89,8 +89,9 @@ impl std::fmt::Display for Format {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
+    /// (No `source`: the message already carries the reason, shown once.)
     #[error("cannot read the file: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("not a PNG, JPEG or DICOM file (it starts with {head})")]
     UnknownFormat { head: String },
     #[error("truncated {format} file: {detail}")]
@@ -119,12 +120,12 @@ pub enum DecodeError {
     Pixels(#[from] PreprocessError),
 }
 
-/// A decoding failure with the file it happened to.
+/// A decoding failure with the file it happened to. Its message is complete on one line
+/// (the decode error is a field, not a `source`, so error chains do not repeat it).
 #[derive(Debug, thiserror::Error)]
-#[error("{path}: {error}")]
+#[error("{}: {error}", path.display())]
 pub struct LoadError {
     pub path: PathBuf,
-    #[source]
     pub error: DecodeError,
 }
 

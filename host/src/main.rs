@@ -37,6 +37,10 @@ enum Command {
     /// Signed model bundles: build, sign, verify, inspect.
     #[command(subcommand)]
     Bundle(cli::bundle::BundleCommand),
+    /// Flag one radiograph (PNG, JPEG, DICOM) with a model bundle: probability, heat-map.
+    Predict(cli::predict::PredictArgs),
+    /// Score a labelled table with a bundle: predictions CSV for `tirp audit`, AUC.
+    Eval(cli::predict::EvalArgs),
     /// Engineer and signing keys: generate; add to or remove from a device keyring.
     #[command(subcommand)]
     Keys(cli::bundle::KeysCommand),
@@ -54,6 +58,8 @@ fn run() -> Result<()> {
         Command::Audit(cmd) => cli::audit::run(cmd, &out),
         Command::Device(cmd) => cli::device::run(cmd, &cli.conn, &out),
         Command::Bundle(cmd) => cli::bundle::run_bundle(cmd, &out),
+        Command::Predict(args) => cli::predict::run_predict(args, &out),
+        Command::Eval(args) => cli::predict::run_eval(args, &out),
         Command::Keys(cmd) => cli::bundle::run_keys(cmd, &cli.conn, &out),
     }
 }

@@ -52,6 +52,9 @@ pub struct FixtureConfig {
     /// Standardisation statistics written into the preprocessing spec.
     pub mean: f32,
     pub std: f32,
+    /// The members' default (shipped) architectures instead of the small test ones, for
+    /// timing the engine on realistic graphs.
+    pub full_size: bool,
 }
 
 impl Default for FixtureConfig {
@@ -66,6 +69,7 @@ impl Default for FixtureConfig {
             with_fmap: true,
             mean: 0.45,
             std: 0.25,
+            full_size: false,
         }
     }
 }
@@ -220,10 +224,32 @@ pub fn write_bundle(dir: &Path, cfg: &FixtureConfig) -> Result<Fixture, FixtureE
     let weight = 1.0 / cfg.members.len() as f32;
     for (i, &kind) in cfg.members.iter().enumerate() {
         let seed = member_seed(cfg.seed, i);
-        let (model, cam_side) = match kind {
-            MemberKind::ResNet => export_member(&resnet(s, seed), cfg.with_fmap)?,
-            MemberKind::EffNet => export_member(&effnet(s, seed), cfg.with_fmap)?,
-            MemberKind::Vit => export_member(&vit(s, seed), cfg.with_fmap)?,
+        let fmap = cfg.with_fmap;
+        let (model, cam_side) = match (kind, cfg.full_size) {
+            (MemberKind::ResNet, false) => export_member(&resnet(s, seed), fmap)?,
+            (MemberKind::EffNet, false) => export_member(&effnet(s, seed), fmap)?,
+            (MemberKind::Vit, false) => export_member(&vit(s, seed), fmap)?,
+            (MemberKind::ResNet, true) => {
+                let cfg = ResNetConfig {
+                    input_size: s,
+                    ..Default::default()
+                };
+                export_member(&train::init(seed, |d| ResNet::new(&cfg, d)).valid(), fmap)?
+            }
+            (MemberKind::EffNet, true) => {
+                let cfg = EffNetConfig {
+                    input_size: s,
+                    ..Default::default()
+                };
+                export_member(&train::init(seed, |d| EffNet::new(&cfg, d)).valid(), fmap)?
+            }
+            (MemberKind::Vit, true) => {
+                let cfg = VitConfig {
+                    input_size: s,
+                    ..Default::default()
+                };
+                export_member(&train::init(seed, |d| Vit::new(&cfg, d)).valid(), fmap)?
+            }
         };
         let file = format!("{kind}.onnx");
         model.save(&dir.join(&file))?;

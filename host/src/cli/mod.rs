@@ -4,6 +4,7 @@ pub mod audit;
 pub mod bundle;
 pub mod cohort;
 pub mod device;
+pub mod predict;
 
 /// Global output settings shared by every subcommand.
 pub struct Output {

@@ -1,0 +1,647 @@
+//! `tirp predict` (one radiograph → flag, probability, heat-map), `tirp eval` (a labelled
+//! table → predictions CSV for `tirp audit` + AUC), and the hidden `tirp predict bench`.
+//!
+//! The bundle is `--bundle DIR`, else `$TIRP_BUNDLE`, else the workspace's `models/bundle`
+//! (resolved when `tirp` was built).
+
+use super::Output;
+use anyhow::{Context, Result, bail, ensure};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tirp_firmware::clinical::{Sex, Site};
+use tirp_firmware::engine::{
+    ClinicalInput, Engine, EngineOptions, Explain, Prediction, load_input, overlay,
+};
+use tirp_firmware::ensemble::ENSEMBLE_FILE;
+use tirp_firmware::preprocess::Roi;
+use tirp_firmware::radiograph::Photometric;
+use tirp_host::stats::roc;
+use tirp_models::table::{LabelTable, Split};
+
+/// Where `tirp` looks for the bundle when neither `--bundle` nor `TIRP_BUNDLE` is given.
+pub const DEFAULT_BUNDLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/bundle");
+pub const BUNDLE_ENV: &str = "TIRP_BUNDLE";
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct PredictArgs {
+    #[command(subcommand)]
+    bench: Option<PredictCommand>,
+    /// The radiograph: PNG (8/16-bit), JPEG or DICOM.
+    #[arg(required = true)]
+    image: Option<PathBuf>,
+    #[command(flatten)]
+    bundle: BundleArgs,
+    /// Patient age in years (0–120).
+    #[arg(long, allow_negative_numbers = true)]
+    age: Option<f32>,
+    /// Patient sex: m or f.
+    #[arg(long)]
+    sex: Option<Sex>,
+    /// Lesion site: femur, tibia, humerus, radius_ulna, fibula, pelvis.
+    #[arg(long)]
+    site: Option<Site>,
+    /// Lesion box in image pixels, `x,y,w,h` (default: the whole image).
+    #[arg(long, value_parser = parse_roi)]
+    roi: Option<Roi>,
+    /// Heat-map method.
+    #[arg(long, default_value = "gradcam")]
+    explain: Explain,
+    /// Write the overlay PNG (crop, heat-map, legend, flag) here.
+    #[arg(long)]
+    heatmap: Option<PathBuf>,
+    /// How a PNG/JPEG was stored (DICOM files say so themselves).
+    #[arg(long, value_parser = parse_photometric)]
+    photometric: Option<Photometric>,
+    /// Include the heat-map's values (side² numbers) in the JSON output.
+    #[arg(long)]
+    heatmap_values: bool,
+}
+
+#[derive(Subcommand)]
+enum PredictCommand {
+    /// Writes a random-initialised (untrained) bundle for trying and timing the engine.
+    #[command(hide = true)]
+    Fixture {
+        #[arg(long)]
+        out: PathBuf,
+        /// Side of the members' input.
+        #[arg(long, default_value_t = 32)]
+        size: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The shipped member architectures instead of the small test ones.
+        #[arg(long)]
+        full_size: bool,
+    },
+    /// Times the engine on a bundle: cold start, then p50/p95 per stage and end to end.
+    #[command(hide = true)]
+    Bench {
+        #[command(flatten)]
+        bundle: BundleArgs,
+        #[arg(long, default_value_t = 50)]
+        iters: usize,
+        /// Radiograph to time on (default: a synthetic 512×512 image).
+        #[arg(long)]
+        image: Option<PathBuf>,
+        #[arg(long, default_value = "gradcam")]
+        explain: Explain,
+    },
+}
+
+#[derive(Args)]
+pub struct BundleArgs {
+    /// Model bundle directory (ensemble.json + ONNX files).
+    #[arg(long)]
+    bundle: Option<PathBuf>,
+    /// Threads (predict: members in parallel; eval: radiographs in parallel). Default: the
+    /// machine's cores.
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Label table: a cohort's labels.csv or the DeepTIRP study's format.
+    #[arg(long)]
+    labels: PathBuf,
+    /// Which records: test, external, val, train or all.
+    #[arg(long, default_value = "test")]
+    split: String,
+    #[command(flatten)]
+    bundle: BundleArgs,
+    /// Predictions CSV for `tirp audit` (study_key, model, score, centre, model_version,
+    /// device, time, label): one `ensemble` row and one row per member for each radiograph.
+    #[arg(long, default_value = "predictions.csv")]
+    out: PathBuf,
+    /// Truth CSV (study_key, label) for `tirp audit --truth`; default: truth.csv beside --out.
+    #[arg(long)]
+    truth_out: Option<PathBuf>,
+}
+
+fn parse_roi(s: &str) -> Result<Roi, String> {
+    let v: Vec<u32> = s
+        .split(',')
+        .map(|p| p.trim().parse::<u32>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("expected x,y,w,h (four non-negative integers), got `{s}`"))?;
+    match v[..] {
+        [x, y, w, h] if w > 0 && h > 0 => Ok(Roi { x, y, w, h }),
+        [_, _, _, _] => Err(format!("ROI `{s}` is empty (width and height must be > 0)")),
+        _ => Err(format!("expected x,y,w,h (four numbers), got `{s}`")),
+    }
+}
+
+fn parse_photometric(s: &str) -> Result<Photometric, String> {
+    Photometric::parse(&s.to_ascii_uppercase())
+}
+
+impl BundleArgs {
+    fn dir(&self) -> PathBuf {
+        self.bundle
+            .clone()
+            .or_else(|| std::env::var_os(BUNDLE_ENV).map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_BUNDLE))
+    }
+
+    fn load(&self) -> Result<Engine> {
+        let dir = self.dir();
+        if !dir.join(ENSEMBLE_FILE).is_file() {
+            bail!(
+                "no model bundle at {} (no {ENSEMBLE_FILE}); make one with \
+                 `tirp cohort generate --out out/cohort` and \
+                 `tirp train --labels out/cohort/labels.csv --out {}`, or point --bundle or \
+                 {BUNDLE_ENV} at a bundle directory",
+                dir.display(),
+                dir.display()
+            );
+        }
+        let threads = match self.threads {
+            Some(0) => bail!("--threads must be at least 1"),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let opts = EngineOptions {
+            threads,
+            ..Default::default()
+        };
+        Engine::load(&dir, &opts).with_context(|| format!("loading the bundle {}", dir.display()))
+    }
+}
+
+pub fn run_predict(args: PredictArgs, out: &Output) -> Result<()> {
+    match args.bench {
+        Some(PredictCommand::Bench {
+            bundle,
+            iters,
+            image,
+            explain,
+        }) => return bench(&bundle, iters, image.as_deref(), explain, out),
+        Some(PredictCommand::Fixture {
+            out: dir,
+            size,
+            seed,
+            full_size,
+        }) => {
+            let cfg = tirp_models::fixture::FixtureConfig {
+                input_size: size,
+                seed,
+                full_size,
+                ..Default::default()
+            };
+            let fx = tirp_models::fixture::write_bundle(&dir, &cfg)
+                .with_context(|| format!("writing a fixture bundle to {}", dir.display()))?;
+            out.emit(&json!({"out": dir, "spec": fx.spec}), || {
+                format!(
+                    "wrote an untrained fixture bundle ({} members, {size}×{size}) to {}",
+                    fx.spec.members.len(),
+                    dir.display()
+                )
+            });
+            return Ok(());
+        }
+        None => {}
+    }
+    let path = args.image.expect("clap requires IMAGE");
+    let engine = args.bundle.load()?;
+    let input = load_input(&path, args.photometric)?;
+    let clinical = ClinicalInput {
+        age: args.age,
+        sex: args.sex,
+        site: args.site,
+    };
+    let p = engine.predict_input(&input, args.roi, clinical, args.explain)?;
+    if let Some(png) = &args.heatmap {
+        let bytes = overlay::render_png(&input.image, &p).context("encoding the overlay")?;
+        std::fs::write(png, bytes).with_context(|| format!("writing {}", png.display()))?;
+    }
+    let mut value = serde_json::to_value(&p)?;
+    if !args.heatmap_values {
+        value["heatmap"]
+            .as_object_mut()
+            .expect("heat-map object")
+            .remove("values");
+    }
+    value["input"] = json!({
+        "path": path,
+        "format": input.format,
+        "width": input.image.width,
+        "height": input.image.height,
+    });
+    value["heatmap"]["overlay"] = json!(args.heatmap);
+    out.emit(&value, || human(&p, &path, args.heatmap.as_deref()));
+    Ok(())
+}
+
+fn human(p: &Prediction, path: &Path, overlay: Option<&Path>) -> String {
+    let members = p
+        .members
+        .iter()
+        .map(|m| format!("{} {:.3}", m.name, m.probability))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let c = &p.clinical;
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    let mut clinical = format!(
+        "age {}, sex {}, site {}",
+        opt(c.age.map(|a| format!("{a}"))),
+        opt(c.sex.clone()),
+        opt(c.site.clone())
+    );
+    if !c.missing.is_empty() {
+        clinical += &format!(" (missing: {})", c.missing.join(", "));
+    }
+    if !c.from_dicom.is_empty() {
+        clinical += &format!(" (from DICOM: {})", c.from_dicom.join(", "));
+    }
+    let t = &p.timings;
+    let hm = &p.heatmap;
+    let mut s = format!(
+        "{}: {}\n  P(primary bone tumour) = {:.3} (threshold {:.3})\n  members: {members}\n  \
+         clinical: {clinical}\n  ROI {},{},{},{} ({})\n  heat-map: {}, peak at ({:.0}, {:.0})",
+        path.display(),
+        p.flag,
+        p.probability,
+        p.threshold,
+        p.roi.x,
+        p.roi.y,
+        p.roi.w,
+        p.roi.h,
+        match p.roi_source {
+            tirp_firmware::engine::RoiSource::Caller => "given",
+            tirp_firmware::engine::RoiSource::WholeImage => "whole image: no ROI given",
+        },
+        hm.method,
+        hm.peak.x,
+        hm.peak.y,
+    );
+    if let Some(o) = overlay {
+        s += &format!(" → {}", o.display());
+    }
+    s += &format!(
+        "\n  bundle {} {} on {}; {:.1} ms (decode {:.1}, preprocess {:.1}, members {:.1}, \
+         stacker {:.2}, explain {:.1})\n{}",
+        p.bundle.name,
+        p.bundle.version,
+        p.backend,
+        t.total_ms,
+        t.decode_ms,
+        t.preprocess_ms,
+        t.members_ms,
+        t.stacker_ms,
+        t.explain_ms,
+        p.notice
+    );
+    s
+}
+
+fn parse_split(s: &str) -> Result<Option<Split>> {
+    if s.eq_ignore_ascii_case("all") {
+        return Ok(None);
+    }
+    s.parse::<Split>()
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("--split: {e}, or all"))
+}
+
+/// Key of a radiograph in the predictions: its file name without extension (the synthetic
+/// cohort's names carry no identifiers; a site with real names should pseudonymise first).
+fn study_key(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+pub fn run_eval(args: EvalArgs, out: &Output) -> Result<()> {
+    let split = parse_split(&args.split)?;
+    let table = LabelTable::load(&args.labels)
+        .with_context(|| format!("reading {}", args.labels.display()))?;
+    let records: Vec<_> = match split {
+        Some(s) => table.split(s),
+        None => table.records.iter().collect(),
+    };
+    ensure!(
+        !records.is_empty(),
+        "{}: no records in split `{}`",
+        args.labels.display(),
+        args.split
+    );
+    // Radiographs run in parallel, each with sequential members.
+    let workers = args
+        .bundle
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let engine = BundleArgs {
+        bundle: Some(args.bundle.dir()),
+        threads: Some(1),
+    }
+    .load()?;
+    let bar = ProgressBar::new(records.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} scoring [{bar:40}] {pos}/{len} radiographs {per_sec} ETA {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    let start = Instant::now();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(workers.max(1))
+        .build()
+        .context("starting the worker threads")?;
+    let preds: Vec<Prediction> = pool.install(|| {
+        records
+            .par_iter()
+            .map(|r| {
+                let img = tirp_models::radiograph::load_record(r)?;
+                let clinical = ClinicalInput {
+                    age: r.age,
+                    sex: r.sex,
+                    site: r.site,
+                };
+                let p = engine
+                    .predict(&img, r.roi, clinical, Explain::GradCam)
+                    .with_context(|| format!("{}", r.path.display()))?;
+                bar.inc(1);
+                Ok(p)
+            })
+            .collect::<Result<_>>()
+    })?;
+    bar.finish_and_clear();
+    let seconds = start.elapsed().as_secs_f64();
+
+    let spec = engine.spec();
+    let time = tirp_host::audit::store::iso_utc(tirp_firmware::devlog::now_unix_ms());
+    let mut w = csv::Writer::from_path(&args.out)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    w.write_record([
+        "study_key",
+        "model",
+        "score",
+        "centre",
+        "model_version",
+        "device",
+        "time",
+        "label",
+        "split",
+    ])?;
+    let truth_path = args.truth_out.clone().unwrap_or_else(|| {
+        args.out
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("truth.csv")
+    });
+    let mut t = csv::Writer::from_path(&truth_path)
+        .with_context(|| format!("writing {}", truth_path.display()))?;
+    t.write_record(["study_key", "label"])?;
+    let mut keys = std::collections::HashSet::new();
+    for (r, p) in records.iter().zip(&preds) {
+        let key = study_key(&r.path);
+        ensure!(
+            keys.insert(key.clone()),
+            "two radiographs share the key `{key}` ({})",
+            r.path.display()
+        );
+        let centre = r.centre.map(|c| c.to_string()).unwrap_or_default();
+        let split = r.split.map(|s| s.to_string()).unwrap_or_default();
+        let label = r.label.to_string();
+        let rows = std::iter::once(("ensemble".to_owned(), p.probability))
+            .chain(p.members.iter().map(|m| (m.name.clone(), m.probability)));
+        for (model, score) in rows {
+            w.write_record([
+                key.as_str(),
+                &model,
+                &format!("{score:.6}"),
+                &centre,
+                &spec.version,
+                "tirp-eval",
+                &time,
+                &label,
+                &split,
+            ])?;
+        }
+        t.write_record([key.as_str(), &label])?;
+    }
+    w.flush()?;
+    t.flush()?;
+
+    let truth: Vec<bool> = records
+        .iter()
+        .map(|r| r.label == tirp_firmware::clinical::Label::Pbt)
+        .collect();
+    let n_pos = truth.iter().filter(|&&v| v).count();
+    let auc_of = |scores: Vec<f64>| -> Value {
+        match roc::auc_delong_ci(&scores, &truth, 0.95) {
+            Ok(ci) => json!({"auc": ci.auc, "ci_low": ci.low, "ci_high": ci.high}),
+            Err(e) => json!({"auc": null, "why": e.to_string()}),
+        }
+    };
+    let mut aucs = serde_json::Map::new();
+    aucs.insert(
+        "ensemble".into(),
+        auc_of(preds.iter().map(|p| p.probability as f64).collect()),
+    );
+    for (i, m) in spec.members.iter().enumerate() {
+        aucs.insert(
+            m.name.clone(),
+            auc_of(
+                preds
+                    .iter()
+                    .map(|p| p.members[i].probability as f64)
+                    .collect(),
+            ),
+        );
+    }
+    let (mut tp, mut tn) = (0usize, 0usize);
+    for (p, &y) in preds.iter().zip(&truth) {
+        match (p.pbt, y) {
+            (true, true) => tp += 1,
+            (false, false) => tn += 1,
+            _ => {}
+        }
+    }
+    let n = preds.len();
+    let frac = |k: usize, d: usize| {
+        if d > 0 {
+            Some(k as f64 / d as f64)
+        } else {
+            None
+        }
+    };
+    let summary = json!({
+        "labels": args.labels,
+        "split": args.split,
+        "bundle": {"name": spec.name, "version": spec.version, "dir": engine.dir()},
+        "n": n,
+        "n_pbt": n_pos,
+        "n_infection": n - n_pos,
+        "threshold": spec.threshold,
+        "accuracy": frac(tp + tn, n),
+        "sensitivity": frac(tp, n_pos),
+        "specificity": frac(tn, n - n_pos),
+        "auc": aucs,
+        "seconds": seconds,
+        "predictions": args.out,
+        "truth": truth_path,
+    });
+    out.emit(&summary, || {
+        let mut s = format!(
+            "{n} radiographs ({n_pos} PBT, {} infection) from {} [{}] in {seconds:.1} s\n",
+            n - n_pos,
+            args.labels.display(),
+            args.split
+        );
+        let order = std::iter::once("ensemble").chain(spec.members.iter().map(|m| m.name.as_str()));
+        for name in order {
+            let v = &aucs[name];
+            match v["auc"].as_f64() {
+                Some(a) => {
+                    s += &format!(
+                        "  AUC {name:<9} {a:.3} (95% CI {:.3}–{:.3}, DeLong)\n",
+                        v["ci_low"].as_f64().unwrap_or(f64::NAN),
+                        v["ci_high"].as_f64().unwrap_or(f64::NAN)
+                    )
+                }
+                None => s += &format!("  AUC {name:<9} n/a ({})\n", v["why"]),
+            }
+        }
+        let pct = |v: Option<f64>| v.map_or("n/a".into(), |x| format!("{:.1}%", 100.0 * x));
+        s += &format!(
+            "  at threshold {:.3}: accuracy {}, sensitivity {}, specificity {}\n",
+            spec.threshold,
+            pct(frac(tp + tn, n)),
+            pct(frac(tp, n_pos)),
+            pct(frac(tn, n - n_pos))
+        );
+        s += &format!(
+            "predictions: {} (truth: {}); audit with `tirp audit report --predictions {} \
+             --truth {} --positive pbt --out report.html`",
+            args.out.display(),
+            truth_path.display(),
+            args.out.display(),
+            truth_path.display()
+        );
+        s
+    });
+    Ok(())
+}
+
+/// A synthetic 512×512 radiograph-like image with a bright cortex and a lytic spot.
+fn bench_image() -> tirp_firmware::preprocess::GrayImage {
+    let n = 512u32;
+    let pixels = (0..n * n)
+        .map(|i| {
+            let (x, y) = ((i % n) as f32, (i / n) as f32);
+            let bone = if (200.0..312.0).contains(&x) {
+                1500.0
+            } else {
+                300.0
+            };
+            let d2 = (x - 256.0).powi(2) + (y - 240.0).powi(2);
+            bone - 800.0 * (-d2 / 900.0).exp() + ((i * 7919) % 97) as f32
+        })
+        .collect();
+    tirp_firmware::preprocess::GrayImage::new(n, n, pixels).expect("square image")
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+fn bench(
+    bundle: &BundleArgs,
+    iters: usize,
+    image: Option<&Path>,
+    explain: Explain,
+    out: &Output,
+) -> Result<()> {
+    ensure!(iters >= 1, "--iters must be at least 1");
+    let engine = bundle.load()?;
+    let cold_ms = engine.load_ms();
+    let (img, decode_ms) = match image {
+        Some(p) => {
+            let input = load_input(p, None)?;
+            (input.image, input.decode_ms)
+        }
+        None => (bench_image(), 0.0),
+    };
+    let roi = Roi {
+        x: img.width / 4,
+        y: img.height / 4,
+        w: img.width / 2,
+        h: img.height / 2,
+    };
+    let clinical = ClinicalInput {
+        age: Some(30.0),
+        sex: Some(Sex::Female),
+        site: Some(Site::Tibia),
+    };
+    // One warm-up run, not counted.
+    let first = engine.predict(&img, Some(roi), clinical, explain)?;
+    let mut stages: Vec<[f64; 5]> = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let p = engine.predict(&img, Some(roi), clinical, explain)?;
+        let t = p.timings;
+        stages.push([
+            t.preprocess_ms,
+            t.members_ms,
+            t.stacker_ms,
+            t.explain_ms,
+            t.total_ms,
+        ]);
+    }
+    let names = ["preprocess", "members", "stacker", "explain", "end_to_end"];
+    let mut table = serde_json::Map::new();
+    for (i, name) in names.iter().enumerate() {
+        let mut v: Vec<f64> = stages.iter().map(|s| s[i]).collect();
+        v.sort_by(f64::total_cmp);
+        table.insert(
+            name.to_string(),
+            json!({"p50_ms": percentile(&v, 0.5), "p95_ms": percentile(&v, 0.95)}),
+        );
+    }
+    let value = json!({
+        "bundle": {"name": engine.spec().name, "version": engine.spec().version, "dir": engine.dir()},
+        "backend": engine.backend(),
+        "threads": engine.threads(),
+        "members": engine.spec().members.len(),
+        "input_size": engine.spec().preprocess.input_size,
+        "explain": explain,
+        "iters": iters,
+        "image": {"width": img.width, "height": img.height, "decode_ms": decode_ms},
+        "cold_start_ms": cold_ms,
+        "first_run_ms": first.timings.total_ms,
+        "stages": table,
+    });
+    out.emit(&value, || {
+        let mut s = format!(
+            "bundle {} {} ({} members, {}×{} input) on {}, {} thread(s), {explain}, {iters} runs\n\
+             cold start (load + optimise + plan): {cold_ms:.1} ms; first run {:.1} ms\n",
+            engine.spec().name,
+            engine.spec().version,
+            engine.spec().members.len(),
+            engine.spec().preprocess.input_size,
+            engine.spec().preprocess.input_size,
+            engine.backend(),
+            engine.threads(),
+            first.timings.total_ms,
+        );
+        for name in names {
+            let v = &table[name];
+            s += &format!(
+                "  {name:<11} p50 {:>8.2} ms   p95 {:>8.2} ms\n",
+                v["p50_ms"].as_f64().unwrap_or(f64::NAN),
+                v["p95_ms"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+        if decode_ms > 0.0 {
+            s += &format!("  decode      {decode_ms:.2} ms (once)\n");
+        }
+        s.trim_end().to_owned()
+    });
+    Ok(())
+}
