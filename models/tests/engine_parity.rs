@@ -471,7 +471,10 @@ fn grad_cam_equals_the_hand_computation() {
 #[test]
 fn score_cam_equals_its_definition() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (Tiny::random(3), Tiny::random(4));
+    let (a, mut b) = (Tiny::random(3), Tiny::random(4));
+    // A dead channel (ReLU of a very negative bias: constant 0): the engine skips its
+    // masked run, the definition gives it s_k = 0 via a mask of zeros; they must agree.
+    b.conv_b[K - 1] = -100.0;
     let spec = tiny_bundle(dir.path(), &[(&a, 0.5), (&b, 0.5)], true);
     let engine = Engine::load(dir.path(), &opts(1)).unwrap();
     let img = image(80, 72, 6);

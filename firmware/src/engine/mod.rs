@@ -705,9 +705,17 @@ impl Engine {
         let maps = self.map_members(|i, m| {
             let (fmap, c, side) = runs[i].fmap.as_ref().expect("fmap output checked");
             let hw = side * side;
-            // Inputs: the baseline first, then one masked crop per channel.
+            // Inputs: the baseline first, then one masked crop per channel. A constant
+            // channel (a dead ReLU map, often) normalises to an all-zero mask, so its masked
+            // crop *is* the baseline and s_k = 0 exactly: it is not run.
             let baseline = vec![(0.0 - pp.mean) / pp.std; s * s];
-            let masked = (0..*c).map(|k| {
+            let live: Vec<usize> = (0..*c)
+                .filter(|&k| {
+                    let a = &fmap[k * hw..(k + 1) * hw];
+                    a.iter().any(|&v| v != a[0])
+                })
+                .collect();
+            let masked = live.iter().map(|&k| {
                 let mut mask = cam::upsample(&fmap[k * hw..(k + 1) * hw], *side, *side, s);
                 cam::min_max_normalise(&mut mask);
                 mask.iter()
@@ -723,7 +731,10 @@ impl Engine {
                     probs.push(cam::sigmoid(r.logit));
                 }
             }
-            let scores: Vec<f32> = probs[1..].iter().map(|p| p - probs[0]).collect();
+            let mut scores = vec![0.0f32; *c];
+            for (&k, p) in live.iter().zip(&probs[1..]) {
+                scores[k] = p - probs[0];
+            }
             let small = cam::score_cam_map(fmap, *c, hw, &scores);
             Ok(cam::upsample(&small, *side, *side, s))
         })?;
