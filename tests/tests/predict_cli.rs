@@ -341,3 +341,67 @@ fn bench_reports_cold_start_and_stage_percentiles() {
         assert!(p50 >= 0.0 && p95 >= p50, "{stage}: {p50} {p95}");
     }
 }
+
+#[test]
+fn dicom_input_takes_age_sex_and_site_from_its_header() {
+    let t = setup();
+    let cohort = t.dir.join("dcm");
+    let o = tirp(&[
+        "cohort",
+        "generate",
+        "--out",
+        s(&cohort),
+        "--patients",
+        "20",
+        "--format",
+        "dicom",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let labels = std::fs::read_to_string(cohort.join("labels.csv")).unwrap();
+    // A centre-3 (MONOCHROME1) radiograph.
+    let row = labels
+        .lines()
+        .skip(1)
+        .find(|l| l.contains("MONOCHROME1"))
+        .expect("a centre-3 row");
+    let rel = row.split(',').next().unwrap();
+    let v = ok_json(&tirp(&[
+        "--json",
+        "predict",
+        s(&cohort.join(rel)),
+        "--bundle",
+        s(&t.bundle),
+        "--sex",
+        "m",
+    ]));
+    assert_eq!(v["input"]["format"], "dicom");
+    assert_eq!(
+        v["clinical"]["from_dicom"],
+        serde_json::json!(["age", "site"])
+    );
+    assert_eq!(
+        v["clinical"]["sex"], "m",
+        "the caller's value wins over the header"
+    );
+    let cols: Vec<&str> = row.split(',').collect();
+    assert_eq!(
+        v["clinical"]["age"].as_f64().unwrap(),
+        cols[3].parse::<f64>().unwrap()
+    );
+    assert_eq!(v["clinical"]["site"], cols[5]);
+    assert_eq!(v["clinical"]["missing"].as_array().unwrap().len(), 0);
+    // The DICOM table evaluates too (its MONOCHROME1 files are inverted once, by the header).
+    let v = ok_json(&tirp(&[
+        "--json",
+        "eval",
+        "--labels",
+        s(&cohort.join("labels.csv")),
+        "--split",
+        "all",
+        "--bundle",
+        s(&t.bundle),
+        "--out",
+        s(&t.dir.join("dcm-pred.csv")),
+    ]));
+    assert!(v["n"].as_u64().unwrap() >= 20);
+}
