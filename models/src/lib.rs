@@ -8,6 +8,7 @@
 //! - [`nets`]: the ensemble's image members (residual CNN, EfficientNet-style, ViT) in burn.
 //! - [`onnx`]: the ONNX writer the members export through (and weight-only int8).
 //! - [`radiograph`]: loading stored radiographs for preprocessing.
+//! - [`stack`]: the clinical model and the stacker (logistic regression, random forest).
 //! - [`train`]: training the members (burn, flex CPU backend).
 
 pub mod cohort;
@@ -17,5 +18,6 @@ pub mod nets;
 pub mod onnx;
 pub mod preview;
 pub mod radiograph;
+pub mod stack;
 pub mod table;
 pub mod train;

@@ -1,5 +1,6 @@
-//! Runs an exported member in tract, the engine the box uses, so that export parity
-//! (burn eval forward vs tract on the written file) is checked against the real runtime.
+//! Runs an exported member (or a tabular model) in tract, the engine the box uses, so that
+//! export parity (burn eval forward or the Rust model vs tract on the written file) is
+//! checked against the real runtime.
 
 use std::sync::Arc;
 use tract_onnx::prelude::*;
@@ -10,6 +11,8 @@ pub enum CheckError {
     Tract(String),
     #[error("input has {got} values, expected {n}×{s}×{s}")]
     Input { got: usize, n: usize, s: usize },
+    #[error("input has {got} values, expected {n} rows × {cols} columns")]
+    Rows { got: usize, n: usize, cols: usize },
 }
 
 fn tract_err(e: impl std::fmt::Display) -> CheckError {
@@ -29,16 +32,23 @@ pub struct TractOutput {
     pub cam: Vec<f32>,
 }
 
+/// Loads and optimises a model with its batch dimension left symbolic.
+fn plan(bytes: &[u8]) -> Result<Arc<TypedRunnableModel>, CheckError> {
+    tract_onnx::onnx()
+        .model_for_read(&mut &bytes[..])
+        .map_err(tract_err)?
+        .into_optimized()
+        .map_err(tract_err)?
+        .into_runnable()
+        .map_err(tract_err)
+}
+
 impl TractMember {
     pub fn load(bytes: &[u8], size: usize) -> Result<Self, CheckError> {
-        let plan = tract_onnx::onnx()
-            .model_for_read(&mut &bytes[..])
-            .map_err(tract_err)?
-            .into_optimized()
-            .map_err(tract_err)?
-            .into_runnable()
-            .map_err(tract_err)?;
-        Ok(TractMember { plan, size })
+        Ok(TractMember {
+            plan: plan(bytes)?,
+            size,
+        })
     }
 
     pub fn run(&self, x: &[f32], n: usize) -> Result<TractOutput, CheckError> {
@@ -60,5 +70,40 @@ impl TractMember {
             logits: flat(0)?,
             cam: flat(1)?,
         })
+    }
+}
+
+/// A tabular model (`[N, cols]` → first output) loaded and optimised by tract.
+pub struct TractRows {
+    plan: Arc<TypedRunnableModel>,
+    cols: usize,
+}
+
+impl TractRows {
+    pub fn load(bytes: &[u8], cols: usize) -> Result<Self, CheckError> {
+        Ok(TractRows {
+            plan: plan(bytes)?,
+            cols,
+        })
+    }
+
+    /// Runs `n` row-major rows; returns the first output, row-major.
+    pub fn run(&self, x: &[f32], n: usize) -> Result<Vec<f32>, CheckError> {
+        let cols = self.cols;
+        if x.len() != n * cols {
+            return Err(CheckError::Rows {
+                got: x.len(),
+                n,
+                cols,
+            });
+        }
+        let input = Tensor::from_shape(&[n, cols], x).map_err(tract_err)?;
+        let out = self.plan.run(tvec!(input.into())).map_err(tract_err)?;
+        Ok(out[0]
+            .to_plain_array_view::<f32>()
+            .map_err(tract_err)?
+            .iter()
+            .copied()
+            .collect())
     }
 }

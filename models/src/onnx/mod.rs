@@ -5,6 +5,10 @@
 //! `x: [N, 1, S, S]` with a symbolic batch dimension. Opset 13 has no LayerNormalization or
 //! Gelu, so [`Graph::layer_norm`] and [`Graph::gelu`] are composed from primitive ops: any
 //! opset-13 runtime (tract, onnxruntime) can then run the members.
+//!
+//! Tabular models (the clinical model, the stacker) use [`Graph::finish_rows`] for a
+//! `[N, k]` input; forests use the ONNX-ML `TreeEnsembleClassifier`
+//! ([`Graph::tree_ensemble_classifier`]), which adds the `ai.onnx.ml` opset import.
 
 pub mod check;
 pub mod quant;
@@ -14,6 +18,9 @@ use std::path::Path;
 use tract_onnx::pb;
 
 pub const OPSET: i64 = 13;
+/// `ai.onnx.ml` opset released with ONNX 1.8, alongside opset 13.
+pub const ML_OPSET: i64 = 2;
+const ML_DOMAIN: &str = "ai.onnx.ml";
 const IR_VERSION: i64 = 8;
 /// Name of the symbolic batch dimension.
 pub const BATCH: &str = "N";
@@ -58,6 +65,47 @@ pub struct ConvSpec {
 enum Attr {
     Int(i64),
     Ints(Vec<i64>),
+    Floats(Vec<f32>),
+    Str(String),
+    Strs(Vec<String>),
+}
+
+/// Split rule of a [`TreeEnsembleClassifier`] node: the true branch is taken when
+/// `x[feature] < value` (`BRANCH_LT`) or `<=` (`BRANCH_LEQ`); leaves have no rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeMode {
+    BranchLt,
+    BranchLeq,
+    Leaf,
+}
+
+impl NodeMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            NodeMode::BranchLt => "BRANCH_LT",
+            NodeMode::BranchLeq => "BRANCH_LEQ",
+            NodeMode::Leaf => "LEAF",
+        }
+    }
+}
+
+/// The attributes of an ONNX-ML `TreeEnsembleClassifier`, one entry per node (`nodes_*`)
+/// and one per leaf weight (`class_*`), exactly as the operator spells them. Node ids
+/// count from 0 within each tree; tree ids count from 0 and never decrease.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TreeEnsembleClassifier {
+    pub classlabels_int64s: Vec<i64>,
+    pub nodes_treeids: Vec<i64>,
+    pub nodes_nodeids: Vec<i64>,
+    pub nodes_featureids: Vec<i64>,
+    pub nodes_modes: Vec<NodeMode>,
+    pub nodes_values: Vec<f32>,
+    pub nodes_truenodeids: Vec<i64>,
+    pub nodes_falsenodeids: Vec<i64>,
+    pub class_treeids: Vec<i64>,
+    pub class_nodeids: Vec<i64>,
+    pub class_ids: Vec<i64>,
+    pub class_weights: Vec<f32>,
 }
 
 /// A graph under construction. Every op returns the name of its single output, so graphs
@@ -67,6 +115,8 @@ pub struct Graph {
     nodes: Vec<pb::NodeProto>,
     initializers: Vec<pb::TensorProto>,
     next: usize,
+    /// Whether an `ai.onnx.ml` op was used, so [`Graph::finish`] imports that domain.
+    uses_ml: bool,
 }
 
 /// Declared shape of a graph output: `None` stands for the batch dimension.
@@ -112,6 +162,18 @@ impl Graph {
 
     fn node(&mut self, op: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>) -> String {
         let out = self.fresh(&op.to_ascii_lowercase());
+        self.push_node("", op, inputs, vec![out.clone()], attrs);
+        out
+    }
+
+    fn push_node(
+        &mut self,
+        domain: &str,
+        op: &str,
+        inputs: &[&str],
+        output: Vec<String>,
+        attrs: Vec<(&str, Attr)>,
+    ) {
         let attribute = attrs
             .into_iter()
             .map(|(name, a)| {
@@ -129,19 +191,31 @@ impl Graph {
                         p.ints = v;
                         p.r#type = T::Ints as i32;
                     }
+                    Attr::Floats(v) => {
+                        p.floats = v;
+                        p.r#type = T::Floats as i32;
+                    }
+                    Attr::Str(v) => {
+                        p.s = v.into_bytes();
+                        p.r#type = T::String as i32;
+                    }
+                    Attr::Strs(v) => {
+                        p.strings = v.into_iter().map(String::into_bytes).collect();
+                        p.r#type = T::Strings as i32;
+                    }
                 }
                 p
             })
             .collect();
         self.nodes.push(pb::NodeProto {
             input: inputs.iter().map(|s| (*s).to_owned()).collect(),
-            output: vec![out.clone()],
-            name: out.clone(),
+            name: output[0].clone(),
+            output,
             op_type: op.to_owned(),
+            domain: domain.to_owned(),
             attribute,
             ..Default::default()
         });
-        out
     }
 
     /// 2-D convolution, square kernel, symmetric padding `pad`.
@@ -256,6 +330,54 @@ impl Graph {
         self.add(&y, &b)
     }
 
+    /// `x[:, start..end]` of a 2-D input.
+    pub fn slice_columns(&mut self, x: &str, start: i64, end: i64) -> String {
+        let starts = self.int64s("starts", &[start]);
+        let ends = self.int64s("ends", &[end]);
+        let axes = self.int64s("axes", &[1]);
+        self.node("Slice", &[x, &starts, &ends, &axes], vec![])
+    }
+
+    /// ONNX-ML `TreeEnsembleClassifier` (no post-transform) on a `[N, k]` input; returns
+    /// its `probabilities [N, classes]` output (the `label [N]` output is left unused).
+    pub fn tree_ensemble_classifier(&mut self, x: &str, e: &TreeEnsembleClassifier) -> String {
+        self.uses_ml = true;
+        let label = self.fresh("label");
+        let probabilities = self.fresh("probabilities");
+        let ints = |v: &[i64]| Attr::Ints(v.to_vec());
+        let attrs = vec![
+            ("classlabels_int64s", ints(&e.classlabels_int64s)),
+            ("nodes_treeids", ints(&e.nodes_treeids)),
+            ("nodes_nodeids", ints(&e.nodes_nodeids)),
+            ("nodes_featureids", ints(&e.nodes_featureids)),
+            (
+                "nodes_modes",
+                Attr::Strs(
+                    e.nodes_modes
+                        .iter()
+                        .map(|m| m.as_str().to_owned())
+                        .collect(),
+                ),
+            ),
+            ("nodes_values", Attr::Floats(e.nodes_values.clone())),
+            ("nodes_truenodeids", ints(&e.nodes_truenodeids)),
+            ("nodes_falsenodeids", ints(&e.nodes_falsenodeids)),
+            ("class_treeids", ints(&e.class_treeids)),
+            ("class_nodeids", ints(&e.class_nodeids)),
+            ("class_ids", ints(&e.class_ids)),
+            ("class_weights", Attr::Floats(e.class_weights.clone())),
+            ("post_transform", Attr::Str("NONE".into())),
+        ];
+        self.push_node(
+            ML_DOMAIN,
+            "TreeEnsembleClassifier",
+            &[x],
+            vec![label, probabilities.clone()],
+            attrs,
+        );
+        probabilities
+    }
+
     /// Layer normalisation over the last axis with biased variance (burn's definition).
     pub fn layer_norm(&mut self, x: &str, gamma: &Weights, beta: &Weights, eps: f32) -> String {
         let mean = self.reduce_mean(x, &[-1], true);
@@ -274,9 +396,39 @@ impl Graph {
 
     /// Finishes the model: input `x: [N, channels, size, size]` and the named outputs.
     pub fn finish(
-        mut self,
+        self,
         input: &str,
         input_shape: [usize; 3],
+        outputs: &[(&str, &str, OutputShape)],
+        doc: &str,
+    ) -> Model {
+        let [c, h, w] = input_shape;
+        self.finish_graph(
+            "member",
+            input,
+            vec![None, Some(c), Some(h), Some(w)],
+            outputs,
+            doc,
+        )
+    }
+
+    /// Finishes a tabular model: input `[N, columns]` and the named outputs.
+    pub fn finish_rows(
+        self,
+        name: &str,
+        input: &str,
+        columns: usize,
+        outputs: &[(&str, &str, OutputShape)],
+        doc: &str,
+    ) -> Model {
+        self.finish_graph(name, input, vec![None, Some(columns)], outputs, doc)
+    }
+
+    fn finish_graph(
+        mut self,
+        graph_name: &str,
+        input: &str,
+        input_shape: OutputShape,
         outputs: &[(&str, &str, OutputShape)],
         doc: &str,
     ) -> Model {
@@ -318,21 +470,27 @@ impl Graph {
             });
             graph_outputs.push(value_info(name, shape.clone()));
         }
-        let [c, h, w] = input_shape;
+        let mut opset_import = vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: OPSET,
+        }];
+        if self.uses_ml {
+            opset_import.push(pb::OperatorSetIdProto {
+                domain: ML_DOMAIN.into(),
+                version: ML_OPSET,
+            });
+        }
         let proto = pb::ModelProto {
             ir_version: IR_VERSION,
-            opset_import: vec![pb::OperatorSetIdProto {
-                domain: String::new(),
-                version: OPSET,
-            }],
+            opset_import,
             producer_name: "tirp-models".into(),
             producer_version: env!("CARGO_PKG_VERSION").into(),
             doc_string: doc.to_owned(),
             graph: Some(pb::GraphProto {
                 node: self.nodes,
-                name: "member".into(),
+                name: graph_name.into(),
                 initializer: self.initializers,
-                input: vec![value_info(input, vec![None, Some(c), Some(h), Some(w)])],
+                input: vec![value_info(input, input_shape)],
                 output: graph_outputs,
                 ..Default::default()
             }),
@@ -362,5 +520,60 @@ impl Model {
         let tmp = path.with_extension("onnx.tmp");
         std::fs::write(&tmp, self.to_bytes()).map_err(io)?;
         std::fs::rename(&tmp, path).map_err(io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::check::TractRows;
+
+    /// One stump `x[1] (<|<=) 0.5`: true → P = (0.7, 0.3), false → (0.2, 0.8).
+    fn stump(mode: NodeMode) -> Model {
+        let e = TreeEnsembleClassifier {
+            classlabels_int64s: vec![0, 1],
+            nodes_treeids: vec![0, 0, 0],
+            nodes_nodeids: vec![0, 1, 2],
+            nodes_featureids: vec![1, 0, 0],
+            nodes_modes: vec![mode, NodeMode::Leaf, NodeMode::Leaf],
+            nodes_values: vec![0.5, 0.0, 0.0],
+            nodes_truenodeids: vec![1, 0, 0],
+            nodes_falsenodeids: vec![2, 0, 0],
+            class_treeids: vec![0; 4],
+            class_nodeids: vec![1, 1, 2, 2],
+            class_ids: vec![0, 1, 0, 1],
+            class_weights: vec![0.7, 0.3, 0.2, 0.8],
+        };
+        let mut g = Graph::new();
+        let p = g.tree_ensemble_classifier("features", &e);
+        let p1 = g.slice_columns(&p, 1, 2);
+        g.finish_rows("t", "features", 2, &[(&p1, "p", vec![None, Some(1)])], "")
+    }
+
+    #[test]
+    fn tree_ensemble_runs_in_tract_with_the_ml_domain() {
+        let rows = [9.0, 0.1, 9.0, 0.5, 9.0, 0.9];
+        let lt = stump(NodeMode::BranchLt);
+        let domains: Vec<&str> = lt
+            .proto
+            .opset_import
+            .iter()
+            .map(|o| o.domain.as_str())
+            .collect();
+        assert_eq!(domains, ["", ML_DOMAIN]);
+        let run = |m: &Model| {
+            TractRows::load(&m.to_bytes(), 2)
+                .unwrap()
+                .run(&rows, 3)
+                .unwrap()
+        };
+        assert_eq!(run(&lt), [0.3, 0.8, 0.8]);
+        assert_eq!(run(&stump(NodeMode::BranchLeq)), [0.3, 0.3, 0.8]);
+
+        // A graph without ONNX-ML ops imports only the default domain.
+        let mut g = Graph::new();
+        let s = g.sigmoid("features");
+        let m = g.finish_rows("t", "features", 2, &[(&s, "p", vec![None, Some(2)])], "");
+        assert_eq!(m.proto.opset_import.len(), 1);
     }
 }
