@@ -735,3 +735,51 @@ fn overlay_shows_the_map_the_box_and_the_notice() {
         .count();
     assert_eq!(tinted, 0);
 }
+
+/// The stackers `tirp_models::stack` fits (logistic regression, random forest as an ONNX-ML
+/// TreeEnsembleClassifier) run in the engine and give what the Rust model predicts.
+#[test]
+fn fitted_stackers_run_in_the_engine() {
+    use tirp_models::stack::{Tabular, TabularConfig};
+    let img = image(96, 80, 9);
+    let clin = ClinicalInput {
+        age: Some(44.0),
+        sex: Some(Sex::Female),
+        site: Some(Site::Pelvis),
+    };
+    for kind in [StackerKind::Lr, StackerKind::Rf] {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (Tiny::random(11), Tiny::random(12));
+        let mut spec = tiny_bundle(dir.path(), &[(&a, 0.5), (&b, 0.5)], true);
+        // Training rows: member probabilities and clinical features with a learnable label.
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        for _ in 0..300 {
+            let (p0, p1): (f32, f32) = (rng.random(), rng.random());
+            let age = rng.random_range(5.0..80.0);
+            let mut row = vec![p0, p1];
+            row.extend(clinical(Some(age), Some(Sex::Male), Some(Site::Tibia)));
+            y.push(((p0 + p1) / 2.0 + rng.random_range(-0.2..0.2) > 0.5) as u8 as f32);
+            x.push(row);
+        }
+        let model = Tabular::fit(kind, &x, &y, &TabularConfig::default()).unwrap();
+        model
+            .to_onnx()
+            .save(&dir.path().join("stacker.onnx"))
+            .unwrap();
+        spec.stacker.kind = kind;
+        spec.save(dir.path()).unwrap();
+        let engine = Engine::load(dir.path(), &opts(1)).unwrap();
+        let p = engine
+            .predict(&img, Some(ROI), clin, Explain::GradCam)
+            .unwrap();
+        let mut features: Vec<f32> = p.members.iter().map(|m| m.probability).collect();
+        features.extend(clinical(clin.age, clin.sex, clin.site));
+        let want = model.predict(&[features]).unwrap()[0];
+        assert!(
+            (p.probability - want).abs() < 1e-5,
+            "{kind:?}: engine {} vs model {want}",
+            p.probability
+        );
+    }
+}
