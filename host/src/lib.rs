@@ -2,5 +2,6 @@
 
 pub mod audit;
 pub mod difficulty;
+pub mod modelcard;
 pub mod provision;
 pub mod stats;

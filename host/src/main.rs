@@ -37,6 +37,8 @@ enum Command {
     /// Signed model bundles: build, sign, verify, inspect.
     #[command(subcommand)]
     Bundle(cli::bundle::BundleCommand),
+    /// Train the ensemble (members, clinical model, stacker) into a bundle with its model card.
+    Train(cli::train::TrainArgs),
     /// Flag one radiograph (PNG, JPEG, DICOM) with a model bundle: probability, heat-map.
     Predict(cli::predict::PredictArgs),
     /// Score a labelled table with a bundle: predictions CSV for `tirp audit`, AUC.
@@ -58,6 +60,7 @@ fn run() -> Result<()> {
         Command::Audit(cmd) => cli::audit::run(cmd, &out),
         Command::Device(cmd) => cli::device::run(cmd, &cli.conn, &out),
         Command::Bundle(cmd) => cli::bundle::run_bundle(cmd, &out),
+        Command::Train(args) => cli::train::run(args, &out),
         Command::Predict(args) => cli::predict::run_predict(args, &out),
         Command::Eval(args) => cli::predict::run_eval(args, &out),
         Command::Keys(cmd) => cli::bundle::run_keys(cmd, &cli.conn, &out),

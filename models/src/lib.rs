@@ -7,6 +7,7 @@
 //! - [`table`]: label tables, ours and the DeepTIRP study's own format.
 //! - [`nets`]: the ensemble's image members (residual CNN, EfficientNet-style, ViT) in burn.
 //! - [`onnx`]: the ONNX writer the members export through (and weight-only int8).
+//! - [`pipeline`]: training the whole ensemble into a bundle directory (`tirp train`).
 //! - [`radiograph`]: loading stored radiographs for preprocessing.
 //! - [`stack`]: the clinical model and the stacker (logistic regression, random forest).
 //! - [`train`]: training the members (burn, flex CPU backend).
@@ -16,6 +17,7 @@ pub mod features;
 pub mod fixture;
 pub mod nets;
 pub mod onnx;
+pub mod pipeline;
 pub mod preview;
 pub mod radiograph;
 pub mod stack;

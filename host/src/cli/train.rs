@@ -1,0 +1,288 @@
+//! `tirp train`: trains the whole ensemble from a label table into a bundle directory and
+//! writes its model card.
+
+use super::Output;
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+use tirp_firmware::bundle::GoldenOutput;
+use tirp_firmware::engine::{ClinicalInput, Engine, EngineOptions, Explain};
+use tirp_firmware::radiograph::Photometric;
+use tirp_host::modelcard::{self, ModelCard};
+use tirp_models::nets::MemberKind;
+use tirp_models::pipeline::{self, MemberPlan, PipelineConfig, PipelineEvent};
+use tirp_models::table::LabelTable;
+use tirp_models::table::Split;
+use tirp_models::train::TrainEvent;
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Label table: a cohort's labels.csv or the DeepTIRP study's format (with images).
+    #[arg(long)]
+    labels: PathBuf,
+    /// Bundle directory to write (ensemble.json, ONNX files, model card).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = PipelineConfig::default().seed)]
+    seed: u64,
+    /// Side of the members' square input, pixels.
+    #[arg(long, default_value_t = PipelineConfig::default().input_size)]
+    size: usize,
+    /// Members and their epochs, e.g. `resnet=6,effnet=4,vit=12`.
+    #[arg(long, default_value_t = default_members())]
+    members: String,
+    #[arg(long, default_value_t = PipelineConfig::default().batch_size)]
+    batch: usize,
+    #[arg(long, default_value_t = PipelineConfig::default().version)]
+    version: String,
+    /// Also fit the clinical models on this table (e.g. the study's public train.csv; no
+    /// images needed) and put their cross-validated AUC in the model card.
+    #[arg(long)]
+    study_table: Option<PathBuf>,
+    /// Overwrite a non-empty output directory.
+    #[arg(long)]
+    force: bool,
+}
+
+/// File names of the golden pair in a bundle directory.
+pub const GOLDEN_INPUT: &str = "golden.png";
+pub const GOLDEN_OUTPUT: &str = "golden.json";
+
+fn default_members() -> String {
+    PipelineConfig::default()
+        .members
+        .iter()
+        .map(|m| format!("{}={}", m.kind, m.epochs))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn parse_members(s: &str) -> Result<Vec<MemberPlan>> {
+    s.split(',')
+        .map(|part| {
+            let (name, epochs) = part
+                .split_once('=')
+                .with_context(|| format!("member `{part}`: expected NAME=EPOCHS"))?;
+            let kind = MemberKind::ALL
+                .into_iter()
+                .find(|k| k.as_str() == name.trim())
+                .with_context(|| {
+                    format!("unknown member `{name}` (expected one of: resnet, effnet, vit)")
+                })?;
+            let epochs: usize = epochs
+                .trim()
+                .parse()
+                .with_context(|| format!("member `{name}`: epochs `{epochs}` is not a number"))?;
+            if epochs == 0 {
+                bail!("member `{name}`: epochs must be at least 1");
+            }
+            Ok(MemberPlan { kind, epochs })
+        })
+        .collect()
+}
+
+/// A line above the bars, or on stderr when they are hidden (not a terminal: CI, logs).
+fn say(bars: &MultiProgress, line: String) {
+    if bars.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        let _ = bars.println(line);
+    }
+}
+
+/// The health check's golden pair: a validation radiograph stored MONOCHROME2 (copied as
+/// is) and the engine's answer on it (whole image, clinical inputs missing), so a box can
+/// check after activation that it computes what the training machine computed.
+fn write_golden(table: &LabelTable, dir: &Path) -> Result<()> {
+    let record = table
+        .split(Split::Validation)
+        .into_iter()
+        .find(|r| r.photometric != Some(Photometric::Monochrome1))
+        .context("no MONOCHROME2 validation radiograph for the golden health check")?;
+    let input = std::fs::read(&record.path)
+        .with_context(|| format!("reading {}", record.path.display()))?;
+    let engine = Engine::load(dir, &EngineOptions::default())?;
+    let image = tirp_firmware::radiograph::decode(&input)
+        .with_context(|| format!("decoding {}", record.path.display()))?
+        .image;
+    let p = engine.predict(&image, None, ClinicalInput::default(), Explain::GradCam)?;
+    let golden = GoldenOutput {
+        probability: p.probability as f64,
+        flag: p.pbt,
+        tolerance: 1e-4,
+        member_scores: p.members.iter().map(|m| m.probability as f64).collect(),
+    };
+    std::fs::write(dir.join(GOLDEN_INPUT), &input)?;
+    std::fs::write(dir.join(GOLDEN_OUTPUT), serde_json::to_vec_pretty(&golden)?)?;
+    Ok(())
+}
+
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template)
+        .expect("progress template")
+        .progress_chars("=> ")
+}
+
+pub fn run(args: TrainArgs, out: &Output) -> Result<()> {
+    let cfg = PipelineConfig {
+        seed: args.seed,
+        input_size: args.size,
+        batch_size: args.batch,
+        version: args.version.clone(),
+        members: parse_members(&args.members)?,
+        ..Default::default()
+    };
+    if args.out.exists()
+        && std::fs::read_dir(&args.out)
+            .with_context(|| format!("reading {}", args.out.display()))?
+            .next()
+            .is_some()
+        && !args.force
+    {
+        bail!(
+            "{} is not empty; pass --force to overwrite the bundle there",
+            args.out.display()
+        );
+    }
+    let table = LabelTable::load(&args.labels)?;
+    let study = match &args.study_table {
+        Some(p) => Some(modelcard::study_table(p, 5, cfg.seed)?),
+        None => None,
+    };
+
+    let bars = MultiProgress::new();
+    let stage = bars.add(ProgressBar::new_spinner());
+    stage.set_style(style("{spinner} {elapsed_precise} {msg}"));
+    stage.enable_steady_tick(std::time::Duration::from_millis(200));
+    let mut current: Option<ProgressBar> = None;
+    let threshold = |s: &[f32], y: &[f32]| {
+        // Youden on validation; a degenerate validation set falls back to ½.
+        modelcard::youden_threshold(s, y).map_or(0.5, |t| t as f32)
+    };
+    let trained = pipeline::train_ensemble(
+        &table,
+        &cfg,
+        &args.out,
+        &threshold,
+        &mut |e| match e {
+            PipelineEvent::Stage(s) => {
+                if bars.is_hidden() {
+                    eprintln!("{s}");
+                }
+                stage.set_message(s.to_owned());
+                if let Some(b) = current.take() {
+                    b.finish_and_clear();
+                }
+            }
+            PipelineEvent::Crops { done, total } => {
+                let b = current.get_or_insert_with(|| {
+                    let b = bars.add(ProgressBar::new(total as u64));
+                    b.set_style(style("  crops [{bar:30}] {pos}/{len} {elapsed_precise}"));
+                    b
+                });
+                b.set_position(done as u64);
+            }
+            PipelineEvent::Member { kind, event } => match event {
+                TrainEvent::Step {
+                    epoch,
+                    step,
+                    steps,
+                    loss,
+                } => {
+                    let b = current.get_or_insert_with(|| {
+                        let b = bars.add(ProgressBar::new(steps as u64));
+                        b.set_style(style(
+                            "  {prefix} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta} {msg}",
+                        ));
+                        b
+                    });
+                    b.set_length(steps as u64);
+                    b.set_position(step as u64 + 1);
+                    b.set_prefix(format!("{kind} epoch {}", epoch + 1));
+                    b.set_message(format!("loss {loss:.3}"));
+                }
+                TrainEvent::Epoch(stats) => {
+                    say(
+                        &bars,
+                        format!(
+                            "  {kind} epoch {}: train loss {:.4}, val loss {:.4}, val AUC {:.4}, {:.0} s",
+                            stats.epoch + 1,
+                            stats.train_loss,
+                            stats.val_loss,
+                            stats.val_auc,
+                            stats.seconds
+                        ),
+                    );
+                }
+            },
+            PipelineEvent::MemberDone(r) => {
+                say(
+                    &bars,
+                    format!(
+                        "  {}: best epoch {} (val AUC {:.4}), {:.0} s, tract parity {:.1e} (f32) {:.1e} (int8)",
+                        r.kind,
+                        r.best_epoch + 1,
+                        r.history[r.best_epoch].val_auc,
+                        r.train_seconds,
+                        r.parity_f32,
+                        r.parity_int8
+                    ),
+                );
+            }
+        },
+    )?;
+    if let Some(b) = current.take() {
+        b.finish_and_clear();
+    }
+    stage.finish_and_clear();
+    write_golden(&table, &args.out)?;
+    let card = ModelCard::build(trained, &args.labels, &args.out, study)?;
+    card.write(&args.out)?;
+    let value = serde_json::json!({
+        "out": args.out,
+        "threshold": card.trained.spec.threshold,
+        "stacker": card.trained.spec.stacker.kind,
+        "seconds": card.trained.seconds,
+        "table": card.table,
+        "int8": card.int8,
+    });
+    out.emit(&value, || {
+        let mut s = format!(
+            "bundle written to {} in {:.1} min; model card {}\n",
+            args.out.display(),
+            card.trained.seconds / 60.0,
+            args.out.join(modelcard::CARD_MD).display()
+        );
+        for r in &card.table {
+            s.push_str(&format!(
+                "{:>14} {:<28} AUC {:.3} ({:.3}–{:.3})  acc {:.1}%\n",
+                r.split,
+                r.model,
+                r.auc.auc,
+                r.auc.low,
+                r.auc.high,
+                100.0 * r.metrics.accuracy.value
+            ));
+        }
+        s
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_list_parses_and_rejects_typos() {
+        let m = parse_members("resnet=2, vit=3").unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!((m[1].kind, m[1].epochs), (MemberKind::Vit, 3));
+        assert!(parse_members(&default_members()).is_ok());
+        let e = parse_members("resnt=2").unwrap_err().to_string();
+        assert!(e.contains("unknown member `resnt`"), "{e}");
+        assert!(parse_members("vit=0").is_err());
+        assert!(parse_members("vit").is_err());
+    }
+}

@@ -1,0 +1,181 @@
+//! `tirp train` end to end on a tiny cohort at a tiny input size: the bundle directory is
+//! complete and valid, the model card carries the study's table, and the same seed gives
+//! the same bundle (bit for bit) and metrics.
+
+use std::path::Path;
+use std::process::Command;
+use tirp_e2e::{bin, repo_root};
+use tirp_firmware::ensemble::EnsembleSpec;
+
+fn tirp(args: &[&str]) -> std::process::Output {
+    let out = Command::new(bin("tirp"))
+        .args(args)
+        .output()
+        .expect("run tirp");
+    assert!(
+        out.status.success(),
+        "tirp {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn train(labels: &Path, out: &Path) -> serde_json::Value {
+    let study = repo_root().join("../shared/deeptirp/train.csv");
+    let mut args = vec![
+        "--json",
+        "train",
+        "--labels",
+        labels.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--size",
+        "32",
+        "--members",
+        "resnet=2,effnet=1,vit=2",
+    ];
+    if study.exists() {
+        args.extend(["--study-table", study.to_str().unwrap()]);
+    }
+    let o = tirp(&args);
+    serde_json::from_slice(&o.stdout).expect("train --json prints JSON")
+}
+
+#[test]
+fn train_writes_a_complete_reproducible_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let cohort = dir.path().join("cohort");
+    tirp(&[
+        "cohort",
+        "generate",
+        "--out",
+        cohort.to_str().unwrap(),
+        "--patients",
+        "90",
+    ]);
+    let labels = cohort.join("labels.csv");
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let ja = train(&labels, &a);
+    let jb = train(&labels, &b);
+
+    let spec = EnsembleSpec::load(&a).expect("ensemble.json is valid");
+    assert_eq!(spec.members.len(), 3);
+    assert_eq!(spec.preprocess.input_size, 32);
+    for m in &spec.members {
+        assert!(a.join(&m.file).is_file(), "{} missing", m.file);
+        assert!(a.join(format!("{}.f32.onnx", m.name)).is_file());
+    }
+    assert!(a.join(&spec.stacker.file).is_file());
+
+    // Same seed, same table: the same files, byte for byte, and the same metrics.
+    for name in [
+        "ensemble.json",
+        "resnet.onnx",
+        "effnet.onnx",
+        "vit.onnx",
+        "stacker.onnx",
+    ] {
+        let (x, y) = (
+            std::fs::read(a.join(name)).unwrap(),
+            std::fs::read(b.join(name)).unwrap(),
+        );
+        assert!(x == y, "{name} differs between two runs with the same seed");
+    }
+    assert_eq!(ja["table"], jb["table"]);
+
+    // The study's table: every member, the clinical model and the ensemble on each split.
+    let table = ja["table"].as_array().unwrap();
+    for split in ["validation", "internal test", "external test"] {
+        let models: Vec<&str> = table
+            .iter()
+            .filter(|r| r["split"] == split)
+            .map(|r| r["model"].as_str().unwrap())
+            .collect();
+        assert_eq!(models.len(), 5, "{split}: {models:?}");
+        assert!(models.contains(&"ensemble"));
+        assert!(models.iter().any(|m| m.starts_with("clinical")));
+    }
+    for r in table {
+        let auc = r["auc"]["auc"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&auc));
+        let c = &r["confusion"];
+        let total: u64 = ["tp", "fp", "tn", "fn"]
+            .iter()
+            .map(|k| c[k].as_u64().unwrap())
+            .sum();
+        assert_eq!(total, r["n"].as_u64().unwrap());
+    }
+    let card = std::fs::read_to_string(a.join("MODEL_CARD.md")).unwrap();
+    for needle in [
+        "not for diagnostic use",
+        "Fleiss",
+        "DeLong",
+        "int8",
+        "SHA-256",
+        "stacker.onnx",
+    ] {
+        assert!(card.contains(needle), "model card lacks `{needle}`");
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(a.join("model_card.json")).unwrap()).unwrap();
+    let carded: EnsembleSpec = serde_json::from_value(json["trained"]["spec"].clone()).unwrap();
+    assert_eq!(carded, spec);
+    assert!(json["files"].as_array().unwrap().len() >= 8);
+
+    // The golden pair for the health check: `tirp predict` on the golden input gives the
+    // recorded answer.
+    let golden = tirp_firmware::bundle::check_golden(
+        &std::fs::read(a.join("golden.png")).unwrap(),
+        &std::fs::read(a.join("golden.json")).unwrap(),
+    )
+    .expect("golden pair is valid");
+    let o = tirp(&[
+        "--json",
+        "predict",
+        a.join("golden.png").to_str().unwrap(),
+        "--bundle",
+        a.to_str().unwrap(),
+    ]);
+    let p: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let prob = p["probability"].as_f64().unwrap();
+    assert!(
+        (prob - golden.probability).abs() <= golden.tolerance,
+        "{prob} vs {golden:?}"
+    );
+    assert_eq!(p["pbt"].as_bool().unwrap(), golden.flag);
+
+    // A non-empty output directory is not overwritten by accident.
+    let o = Command::new(bin("tirp"))
+        .args(["train", "--labels", labels.to_str().unwrap(), "--out"])
+        .arg(&a)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--force"));
+}
+
+#[test]
+fn train_rejects_bad_member_lists_and_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(bin("tirp"))
+        .args(["train", "--labels", "/nonexistent/labels.csv", "--out"])
+        .arg(dir.path().join("o"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/labels.csv"));
+    let o = Command::new(bin("tirp"))
+        .args([
+            "train",
+            "--labels",
+            "x.csv",
+            "--members",
+            "resnet=2,alexnet=1",
+            "--out",
+        ])
+        .arg(dir.path().join("o"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown member `alexnet`"));
+}
