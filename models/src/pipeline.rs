@@ -488,34 +488,21 @@ pub fn train_ensemble(
     let mut members = Vec::new();
     for plan in &cfg.members {
         on(PipelineEvent::Stage(plan.kind.as_str()));
-        let s = cfg.input_size;
-        let seed = cfg.seed;
-        let args = (plan, cfg, member_set, val_set, &scored[..], out);
+        // The members differ only in their net and its configuration.
+        macro_rules! member {
+            ($net:ident, $config:ident) => {{
+                let c = $config {
+                    input_size: cfg.input_size,
+                    ..Default::default()
+                };
+                let model = train::init(cfg.seed, |d| $net::new(&c, d));
+                train_member(model, plan, cfg, member_set, val_set, &scored, out, on)?
+            }};
+        }
         let m = match plan.kind {
-            MemberKind::ResNet => {
-                let c = ResNetConfig {
-                    input_size: s,
-                    ..Default::default()
-                };
-                let model = train::init(seed, |d| ResNet::new(&c, d));
-                train_member(model, args.0, args.1, args.2, args.3, args.4, args.5, on)?
-            }
-            MemberKind::EffNet => {
-                let c = EffNetConfig {
-                    input_size: s,
-                    ..Default::default()
-                };
-                let model = train::init(seed, |d| EffNet::new(&c, d));
-                train_member(model, args.0, args.1, args.2, args.3, args.4, args.5, on)?
-            }
-            MemberKind::Vit => {
-                let c = VitConfig {
-                    input_size: s,
-                    ..Default::default()
-                };
-                let model = train::init(seed, |d| Vit::new(&c, d));
-                train_member(model, args.0, args.1, args.2, args.3, args.4, args.5, on)?
-            }
+            MemberKind::ResNet => member!(ResNet, ResNetConfig),
+            MemberKind::EffNet => member!(EffNet, EffNetConfig),
+            MemberKind::Vit => member!(Vit, VitConfig),
         };
         members.push(m);
     }
