@@ -5,6 +5,7 @@
 //! - [`ensemble`]: `ensemble.json`, what a bundle holds for the engine.
 //! - [`engine`]: the inference engine (tract): bundle → flag, probability, heat-map.
 //! - [`glyphs`]: a 5×7 bitmap font for text burned into images.
+//! - [`health`]: the golden-inference health check of an activated bundle.
 //! - [`preprocess`]: the one preprocessing implementation, shared by training and inference.
 //! - [`radiograph`]: decoding PNG, JPEG and DICOM radiographs to MONOCHROME2.
 //! - [`link`], [`bundle`], [`slots`], [`devlog`], [`provision`], [`daemon`]: the provisioning
@@ -19,6 +20,7 @@ pub mod devlog;
 pub mod engine;
 pub mod ensemble;
 pub mod glyphs;
+pub mod health;
 pub mod link;
 pub mod preprocess;
 pub mod provision;

@@ -162,8 +162,8 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> SlotErro
     move |source| SlotError::Io { context, source }
 }
 
-/// Decides whether an activated bundle may be marked good. The inference engine plugs in a
-/// golden-inference check; [`FileIntegrityCheck`] is the check available without one.
+/// Decides whether an activated bundle may be marked good: [`FileIntegrityCheck`] here, the
+/// engine's golden inference in [`crate::health::GoldenInferenceCheck`].
 pub trait HealthCheck: Send + Sync {
     fn check(&self, bundle_dir: &Path, manifest: &Manifest) -> Result<(), String>;
 }
@@ -205,7 +205,7 @@ impl HealthCheck for FileIntegrityCheck {
 }
 
 /// Several checks in order; the first failure decides. The daemon runs the file integrity
-/// check first, then (once the engine exists) the golden inference.
+/// check first, then the golden inference.
 pub struct AllChecks(pub Vec<std::sync::Arc<dyn HealthCheck>>);
 
 impl HealthCheck for AllChecks {

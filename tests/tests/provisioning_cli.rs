@@ -3,52 +3,15 @@
 #![cfg(unix)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use tirp_e2e::{bin, repo_root};
+use tirp_e2e::{Tirpd, bin};
 use tirp_firmware::link::client::{Client, ClientOptions, open_serial};
 use tirp_firmware::slots::{FileIntegrityCheck, HealthCheck, SlotState, SlotsReport};
 
-struct Tirpd {
-    child: Child,
-    port: String,
-}
-
-impl Tirpd {
-    fn start(data: &Path, trust: &Path) -> Self {
-        let _ = std::fs::remove_file(data.join("serial-port"));
-        let child = Command::new(bin("tirpd"))
-            .arg("--board")
-            .arg(repo_root().join("boards/x86_64-dev.toml"))
-            .arg("--data-dir")
-            .arg(data)
-            .args(["--serial", "/nonexistent/tirp-test-port", "--trust"])
-            .arg(trust)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn tirpd");
-        let t0 = Instant::now();
-        let port = loop {
-            if let Ok(p) = std::fs::read_to_string(data.join("serial-port"))
-                && !p.is_empty()
-            {
-                break p;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "tirpd did not start"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        Self { child, port }
-    }
-
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
+/// The bundles here carry synthetic model bytes the engine cannot run, so `tirpd` checks
+/// file integrity only; `golden_health.rs` runs the default golden-inference check.
+const INTEGRITY_ONLY: &[&str] = &["--health-check", "integrity"];
 
 fn tirp(args: &[&str], port: &str) -> Output {
     Command::new(bin("tirp"))
@@ -229,7 +192,7 @@ fn field_engineer_flashes_activates_rolls_back_and_pulls_logs() {
         .unwrap());
     let data = d.join("device");
     seed_inferences(&data, 3);
-    let daemon = Tirpd::start(&data, &public);
+    let daemon = Tirpd::start(&data, &public, INTEGRITY_ONLY);
     let port = daemon.port.clone();
     let k = key.display().to_string();
 
@@ -393,7 +356,7 @@ fn sigkill_during_flash_and_activation_leaves_one_good_slot() {
         })
         .collect();
     let data = d.join("device");
-    let daemon = Tirpd::start(&data, &public);
+    let daemon = Tirpd::start(&data, &public, INTEGRITY_ONLY);
     // Kill moments are drawn over the duration of one whole command on this machine.
     let t0 = Instant::now();
     ok(&tirp(
@@ -411,7 +374,7 @@ fn sigkill_during_flash_and_activation_leaves_one_good_slot() {
     let mut rng = 0x2545_f491_4f6c_dd1du64;
     let mut killed_mid_command = 0;
     for run in 0..40 {
-        let daemon = Tirpd::start(&data, &public);
+        let daemon = Tirpd::start(&data, &public, INTEGRITY_ONLY);
         let b = &bundles[1 + run % 2];
         let mut flash = Command::new(bin("tirp"))
             .args(["--port", &daemon.port, "--non-interactive", "flash"])
@@ -430,7 +393,7 @@ fn sigkill_during_flash_and_activation_leaves_one_good_slot() {
         let _ = flash.wait();
         killed_mid_command += usize::from(!finished);
         // Restart and check.
-        let daemon = Tirpd::start(&data, &public);
+        let daemon = Tirpd::start(&data, &public, INTEGRITY_ONLY);
         let s = status(&daemon.port);
         let active = s.active.expect("a slot is active");
         assert_eq!(s.slot(active).state, SlotState::Good, "run {run}: {s:?}");

@@ -21,8 +21,20 @@ mod imp {
     use std::sync::atomic::AtomicBool;
     use tirp_firmware::board::BoardProfile;
     use tirp_firmware::daemon::serial_service;
+    use tirp_firmware::engine::EngineOptions;
+    use tirp_firmware::health::GoldenInferenceCheck;
     use tirp_firmware::provision::{Device, DeviceConfig};
-    use tirp_firmware::slots::{AllChecks, FileIntegrityCheck};
+    use tirp_firmware::slots::{AllChecks, FileIntegrityCheck, HealthCheck};
+
+    /// What must pass before an activated bundle is marked good.
+    #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+    enum HealthMode {
+        /// File sizes and hashes, then the golden inference on the engine (the default).
+        Golden,
+        /// File sizes and hashes only: development and link tests with payloads the engine
+        /// cannot run. Never for a box that serves studies.
+        Integrity,
+    }
 
     #[derive(Parser)]
     #[command(name = "tirpd", version, about = "DeepTIRP Edge device daemon")]
@@ -45,6 +57,9 @@ mod imp {
         /// Restarts a newly activated bundle may take without passing its health check.
         #[arg(long, default_value_t = 3)]
         max_trial_boots: u32,
+        /// Health check of an activated bundle.
+        #[arg(long, value_enum, default_value = "golden")]
+        health_check: HealthMode,
     }
 
     pub fn main() -> Result<()> {
@@ -67,9 +82,18 @@ mod imp {
         }
         let mut cfg = DeviceConfig::new(&data_dir, &board.id);
         cfg.max_trial_boots = args.max_trial_boots;
+        let mut checks: Vec<Arc<dyn HealthCheck>> = vec![Arc::new(FileIntegrityCheck)];
+        match args.health_check {
+            HealthMode::Golden => checks.push(Arc::new(GoldenInferenceCheck::new(
+                EngineOptions::for_board(&board),
+            ))),
+            HealthMode::Integrity => eprintln!(
+                "tirpd: warning: --health-check integrity: bundles are marked good without \
+                 the golden inference (development only)"
+            ),
+        }
         let device = Arc::new(
-            // The engine's golden-inference check joins this list once it exists.
-            Device::open(cfg, Arc::new(AllChecks(vec![Arc::new(FileIntegrityCheck)])))
+            Device::open(cfg, Arc::new(AllChecks(checks)))
                 .with_context(|| format!("open data directory {}", data_dir.display()))?,
         );
         if tirp_firmware::bundle::Keyring::load_dir(&keyring_dir)?.is_empty() {

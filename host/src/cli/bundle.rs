@@ -10,12 +10,21 @@ use tirp_firmware::preprocess::PreprocessSpec;
 
 #[derive(Subcommand, Debug)]
 pub enum BundleCommand {
-    /// Build an unsigned bundle from model files and the golden input/output pair.
+    /// Build an unsigned bundle from model files and the golden input/output pair, or from
+    /// a trained bundle directory (`--from-dir`, what `tirp train` writes).
     Build {
-        #[arg(long)]
-        name: String,
-        #[arg(long)]
-        version: String,
+        /// A trained bundle directory: every file in it is shipped (`*.onnx` as models,
+        /// golden.png / golden.json as the golden pair, the rest, ensemble.json and the
+        /// model card included, as other files); name, version, preprocessing and threshold
+        /// default to ensemble.json's, which the manifest must then match.
+        #[arg(long, conflicts_with_all = ["models", "golden_input", "golden_output", "threshold", "preprocess", "extra"])]
+        from_dir: Option<PathBuf>,
+        /// Bundle name (default with --from-dir: ensemble.json's).
+        #[arg(long, required_unless_present = "from_dir")]
+        name: Option<String>,
+        /// Bundle version (default with --from-dir: ensemble.json's).
+        #[arg(long, required_unless_present = "from_dir")]
+        version: Option<String>,
         /// Anti-rollback counter; devices refuse bundles below the highest they ran.
         #[arg(long, default_value_t = 0)]
         security_version: u32,
@@ -23,17 +32,17 @@ pub enum BundleCommand {
         #[arg(long = "board", required = true)]
         boards: Vec<String>,
         /// Model file (ONNX); repeat for each ensemble member. Stored under its file name.
-        #[arg(long = "model", required = true)]
+        #[arg(long = "model", required_unless_present = "from_dir")]
         models: Vec<PathBuf>,
         /// Golden input image of the health check.
-        #[arg(long)]
-        golden_input: PathBuf,
+        #[arg(long, required_unless_present = "from_dir")]
+        golden_input: Option<PathBuf>,
         /// Expected output of the golden input (JSON: probability, flag, tolerance, member_scores).
-        #[arg(long)]
-        golden_output: PathBuf,
+        #[arg(long, required_unless_present = "from_dir")]
+        golden_output: Option<PathBuf>,
         /// Operating threshold on the ensemble probability.
-        #[arg(long)]
-        threshold: f32,
+        #[arg(long, required_unless_present = "from_dir")]
+        threshold: Option<f32>,
         /// Preprocessing spec as JSON (default: the built-in PreprocessSpec).
         #[arg(long)]
         preprocess: Option<PathBuf>,
@@ -101,6 +110,7 @@ pub enum KeysCommand {
 pub fn run_bundle(cmd: BundleCommand, out: &Output) -> Result<()> {
     match cmd {
         BundleCommand::Build {
+            from_dir,
             name,
             version,
             security_version,
@@ -114,34 +124,49 @@ pub fn run_bundle(cmd: BundleCommand, out: &Output) -> Result<()> {
             key,
             out: path,
         } => {
-            let spec = match preprocess {
-                Some(p) => serde_json::from_slice(
-                    &std::fs::read(&p).with_context(|| format!("read {}", p.display()))?,
-                )
-                .with_context(|| format!("{}: not a preprocessing spec", p.display()))?,
-                None => PreprocessSpec::default(),
+            let (name, version, spec, threshold, files) = match from_dir {
+                Some(dir) => {
+                    let d = from_bundle_dir(&dir)?;
+                    (
+                        name.unwrap_or(d.name),
+                        version.unwrap_or(d.version),
+                        d.preprocess,
+                        d.threshold,
+                        d.files,
+                    )
+                }
+                None => {
+                    let spec = match preprocess {
+                        Some(p) => serde_json::from_slice(
+                            &std::fs::read(&p).with_context(|| format!("read {}", p.display()))?,
+                        )
+                        .with_context(|| format!("{}: not a preprocessing spec", p.display()))?,
+                        None => PreprocessSpec::default(),
+                    };
+                    let mut files = Vec::new();
+                    for m in &models {
+                        files.push(build_file(m, FileRole::Model)?);
+                    }
+                    files.push(build_file(
+                        &required(golden_input, "--golden-input")?,
+                        FileRole::GoldenInput,
+                    )?);
+                    files.push(build_file(
+                        &required(golden_output, "--golden-output")?,
+                        FileRole::GoldenOutput,
+                    )?);
+                    for e in &extra {
+                        files.push(build_file(e, FileRole::Other)?);
+                    }
+                    (
+                        required(name, "--name")?,
+                        required(version, "--version")?,
+                        spec,
+                        required(threshold, "--threshold")?,
+                        files,
+                    )
+                }
             };
-            let mut files = Vec::new();
-            let mut add = |p: &Path, role| -> Result<()> {
-                let name = p
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .with_context(|| format!("{}: no file name", p.display()))?;
-                files.push(BuildFile {
-                    name: name.to_owned(),
-                    role,
-                    path: p.to_owned(),
-                });
-                Ok(())
-            };
-            for m in &models {
-                add(m, FileRole::Model)?;
-            }
-            add(&golden_input, FileRole::GoldenInput)?;
-            add(&golden_output, FileRole::GoldenOutput)?;
-            for e in &extra {
-                add(e, FileRole::Other)?;
-            }
             let created_unix = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
@@ -276,6 +301,98 @@ pub fn run_bundle(cmd: BundleCommand, out: &Output) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// A flag clap requires unless `--from-dir` is given.
+fn required<T>(v: Option<T>, flag: &str) -> Result<T> {
+    v.with_context(|| format!("{flag} is required without --from-dir"))
+}
+
+/// One file of a bundle, stored under its file name.
+fn build_file(p: &Path, role: FileRole) -> Result<BuildFile> {
+    let name = p
+        .file_name()
+        .and_then(|n| n.to_str())
+        .with_context(|| format!("{}: no file name", p.display()))?;
+    Ok(BuildFile {
+        name: name.to_owned(),
+        role,
+        path: p.to_owned(),
+    })
+}
+
+/// What a trained bundle directory gives `bundle build`.
+struct BundleDir {
+    name: String,
+    version: String,
+    preprocess: PreprocessSpec,
+    threshold: f32,
+    files: Vec<BuildFile>,
+}
+
+/// Reads a trained bundle directory (`tirp train --out`): ensemble.json decides name,
+/// version, preprocessing and threshold; every plain file is shipped, in name order, with
+/// its role from its name. Refuses a directory without the golden pair, with a
+/// subdirectory, or missing a file ensemble.json names.
+fn from_bundle_dir(dir: &Path) -> Result<BundleDir> {
+    use tirp_firmware::ensemble::{ENSEMBLE_FILE, EnsembleSpec};
+    let spec = EnsembleSpec::load(dir)
+        .with_context(|| format!("{}: not a trained bundle directory", dir.display()))?;
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("read {}", dir.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("read {}", dir.display()))?;
+    paths.sort();
+    let mut files = Vec::new();
+    for p in paths {
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.starts_with('.') {
+            continue;
+        }
+        if !p.is_file() {
+            bail!("{}: bundles are flat; move or remove {name}", dir.display());
+        }
+        let role = if name == super::train::GOLDEN_INPUT {
+            FileRole::GoldenInput
+        } else if name == super::train::GOLDEN_OUTPUT {
+            FileRole::GoldenOutput
+        } else if name.ends_with(".onnx") {
+            FileRole::Model
+        } else {
+            FileRole::Other
+        };
+        files.push(build_file(&p, role)?);
+    }
+    for golden in [super::train::GOLDEN_INPUT, super::train::GOLDEN_OUTPUT] {
+        if !files.iter().any(|f| f.name == golden) {
+            bail!(
+                "{}: no {golden}: the box's health check needs the golden pair `tirp train` writes",
+                dir.display()
+            );
+        }
+    }
+    let named = spec
+        .members
+        .iter()
+        .flat_map(|m| std::iter::once(&m.file).chain(&m.full_int8_file))
+        .chain([&spec.stacker.file])
+        .chain(spec.localiser.as_ref().map(|l| &l.file));
+    for n in named.chain([&ENSEMBLE_FILE.to_owned()]) {
+        if !files.iter().any(|f| &f.name == n) {
+            bail!(
+                "{}: {ENSEMBLE_FILE} names {n}, which is missing",
+                dir.display()
+            );
+        }
+    }
+    Ok(BundleDir {
+        name: spec.name,
+        version: spec.version,
+        preprocess: spec.preprocess,
+        threshold: spec.threshold,
+        files,
+    })
 }
 
 fn sign(input: &Path, key: &Path, dest: &Path) -> Result<String> {
