@@ -332,7 +332,9 @@ struct BundleDir {
 
 /// Reads a trained bundle directory (`tirp train --out`): ensemble.json decides name,
 /// version, preprocessing and threshold; every plain file is shipped, in name order, with
-/// its role from its name. Refuses a directory without the golden pair, with a
+/// its role from its name, except ONNX files ensemble.json does not name (the f32
+/// references `tirp train` keeps beside the shipped int8 members: 4× the bytes over the
+/// serial link, and the box never runs them). Refuses a directory without the golden pair, with a
 /// subdirectory, or missing a file ensemble.json names.
 fn from_bundle_dir(dir: &Path) -> Result<BundleDir> {
     use tirp_firmware::ensemble::{ENSEMBLE_FILE, EnsembleSpec};
@@ -344,6 +346,14 @@ fn from_bundle_dir(dir: &Path) -> Result<BundleDir> {
         .collect::<std::io::Result<_>>()
         .with_context(|| format!("read {}", dir.display()))?;
     paths.sort();
+    let used: std::collections::HashSet<&str> = spec
+        .members
+        .iter()
+        .flat_map(|m| std::iter::once(&m.file).chain(&m.full_int8_file))
+        .chain([&spec.stacker.file])
+        .chain(spec.localiser.as_ref().map(|l| &l.file))
+        .map(String::as_str)
+        .collect();
     let mut files = Vec::new();
     for p in paths {
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
@@ -352,6 +362,10 @@ fn from_bundle_dir(dir: &Path) -> Result<BundleDir> {
         }
         if !p.is_file() {
             bail!("{}: bundles are flat; move or remove {name}", dir.display());
+        }
+        if name.ends_with(".onnx") && !used.contains(name) {
+            eprintln!("not shipping {name}: {ENSEMBLE_FILE} does not use it");
+            continue;
         }
         let role = if name == super::train::GOLDEN_INPUT {
             FileRole::GoldenInput
@@ -372,14 +386,8 @@ fn from_bundle_dir(dir: &Path) -> Result<BundleDir> {
             );
         }
     }
-    let named = spec
-        .members
-        .iter()
-        .flat_map(|m| std::iter::once(&m.file).chain(&m.full_int8_file))
-        .chain([&spec.stacker.file])
-        .chain(spec.localiser.as_ref().map(|l| &l.file));
-    for n in named.chain([&ENSEMBLE_FILE.to_owned()]) {
-        if !files.iter().any(|f| &f.name == n) {
+    for n in used.iter().copied().chain([ENSEMBLE_FILE]) {
+        if !files.iter().any(|f| f.name == n) {
             bail!(
                 "{}: {ENSEMBLE_FILE} names {n}, which is missing",
                 dir.display()
