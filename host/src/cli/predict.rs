@@ -12,11 +12,13 @@ use rayon::prelude::*;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tirp_firmware::clinical::{Sex, Site};
+use tirp_firmware::clinical::{Sex, Site, clinical as clinical_features};
+use tirp_firmware::engine::cam::sigmoid;
 use tirp_firmware::engine::{
-    ClinicalInput, Engine, EngineOptions, Explain, Prediction, load_input, overlay,
+    ClinicalInput, Engine, EngineOptions, Explain, MEMBER_FMAP, Plan, Prediction, load_input,
+    overlay,
 };
-use tirp_firmware::ensemble::ENSEMBLE_FILE;
+use tirp_firmware::ensemble::{ENSEMBLE_FILE, MEMBER_CAM, MEMBER_LOGIT, STACKER_OUTPUT};
 use tirp_firmware::preprocess::Roi;
 use tirp_firmware::radiograph::Photometric;
 use tirp_host::stats::roc;
@@ -90,6 +92,10 @@ enum PredictCommand {
         image: Option<PathBuf>,
         #[arg(long, default_value = "gradcam")]
         explain: Explain,
+        /// Write the member input (`x.f32`) and the stacker's clinical features
+        /// (`clinical.f32`), raw little-endian f32, here (for `tools/bench_ort.py --inputs`).
+        #[arg(long)]
+        dump: Option<PathBuf>,
     },
 }
 
@@ -180,7 +186,17 @@ pub fn run_predict(args: PredictArgs, out: &Output) -> Result<()> {
             iters,
             image,
             explain,
-        }) => return bench(&bundle, iters, image.as_deref(), explain, out),
+            dump,
+        }) => {
+            return bench(
+                &bundle,
+                iters,
+                image.as_deref(),
+                explain,
+                dump.as_deref(),
+                out,
+            );
+        }
         Some(PredictCommand::Fixture {
             out: dir,
             size,
@@ -557,6 +573,7 @@ fn bench(
     iters: usize,
     image: Option<&Path>,
     explain: Explain,
+    dump: Option<&Path>,
     out: &Output,
 ) -> Result<()> {
     ensure!(iters >= 1, "--iters must be at least 1");
@@ -595,6 +612,17 @@ fn bench(
         ]);
     }
     let names = ["preprocess", "members", "stacker", "explain", "end_to_end"];
+    let x = engine.spec().preprocess.model_input(&img, roi)?;
+    let tail = clinical_features(clinical.age, clinical.sex, clinical.site);
+    if let Some(dir) = dump {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (name, values) in [("x.f32", &x[..]), ("clinical.f32", &tail[..])] {
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let path = dir.join(name);
+            std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    let graphs = graph_bench(&engine, &x, &tail, iters)?;
     let mut table = serde_json::Map::new();
     for (i, name) in names.iter().enumerate() {
         let mut v: Vec<f64> = stages.iter().map(|s| s[i]).collect();
@@ -616,6 +644,9 @@ fn bench(
         "cold_start_ms": cold_ms,
         "first_run_ms": first.timings.total_ms,
         "stages": table,
+        "engine_logits": first.members,
+        "engine_probability": first.probability,
+        "graphs": graphs,
     });
     out.emit(&value, || {
         let mut s = format!(
@@ -641,7 +672,113 @@ fn bench(
         if decode_ms > 0.0 {
             s += &format!("  decode      {decode_ms:.2} ms (once)\n");
         }
+        s += "each graph alone, batch 1, one after another on one thread (tract plans):\n";
+        let row = |name: &str, v: &Value, extra: String| {
+            format!(
+                "  {name:<11} p50 {:>8.2} ms   p95 {:>8.2} ms{extra}\n",
+                v["p50_ms"].as_f64().unwrap_or(f64::NAN),
+                v["p95_ms"].as_f64().unwrap_or(f64::NAN)
+            )
+        };
+        for m in graphs["members"].as_array().into_iter().flatten() {
+            let name = m["name"].as_str().unwrap_or("?");
+            s += &row(name, m, format!("   logit {}", m["logit"]));
+        }
+        s += &row("stacker", &graphs["stacker"], String::new());
+        let e = &graphs["ensemble_sequential"];
+        s += &row(
+            "ensemble",
+            e,
+            format!("   probability {}", e["probability"]),
+        );
         s.trim_end().to_owned()
     });
     Ok(())
+}
+
+/// Each graph alone, as a runtime comparison needs it (`tools/bench_ort.py` times the same
+/// files the same way): the members' plans and the stacker's, loaded as the engine loads
+/// them, run at batch 1 on `x` one after another on this thread (tract runs a plan on one
+/// thread), `iters` times after one warm-up run. `ensemble_sequential` is the whole
+/// sequence: members, σ, the stacker.
+fn graph_bench(engine: &Engine, x: &[f32], clinical: &[f32], iters: usize) -> Result<Value> {
+    let spec = engine.spec();
+    let s = spec.preprocess.input_size as usize;
+    let plans = spec
+        .members
+        .iter()
+        .map(|m| {
+            Plan::load(
+                &engine.dir().join(&m.file),
+                &[1, s, s],
+                &[MEMBER_LOGIT, MEMBER_CAM],
+                &[MEMBER_FMAP],
+                false,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let k = spec.stacker.features.len();
+    let stacker = Plan::load(
+        &engine.dir().join(&spec.stacker.file),
+        &[k],
+        &[STACKER_OUTPUT],
+        &[],
+        false,
+    )?;
+    let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+    let n = plans.len();
+    // Per run: n member times, the stacker's, the whole sequence's.
+    let run = |times: &mut Vec<f64>| -> Result<(Vec<f32>, f32)> {
+        let start = Instant::now();
+        let mut logits = Vec::with_capacity(n);
+        for plan in &plans {
+            let t = Instant::now();
+            let out = plan.run(x, 1, &[1, s, s])?;
+            times.push(ms(t));
+            logits.push(out[0].values[0]);
+        }
+        let mut features: Vec<f32> = logits.iter().map(|&l| sigmoid(l)).collect();
+        features.extend_from_slice(clinical);
+        let t = Instant::now();
+        let p = stacker.run(&features, 1, &[k])?[0].values[0];
+        times.push(ms(t));
+        times.push(ms(start));
+        Ok((logits, p))
+    };
+    let (logits, probability) = run(&mut Vec::new())?;
+    let mut times: Vec<Vec<f64>> = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let mut t = Vec::with_capacity(n + 2);
+        run(&mut t)?;
+        times.push(t);
+    }
+    let stats = |i: usize| {
+        let mut v: Vec<f64> = times.iter().map(|t| t[i]).collect();
+        v.sort_by(f64::total_cmp);
+        json!({"p50_ms": percentile(&v, 0.5), "p95_ms": percentile(&v, 0.95)})
+    };
+    let members: Vec<Value> = spec
+        .members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let mut v = stats(i);
+            v["name"] = json!(m.name);
+            v["file"] = json!(m.file);
+            v["logit"] = json!(logits[i]);
+            v
+        })
+        .collect();
+    let mut stacker_v = stats(n);
+    stacker_v["file"] = json!(spec.stacker.file);
+    let mut ensemble = stats(n + 1);
+    ensemble["probability"] = json!(probability);
+    Ok(json!({
+        "runtime": "tract",
+        "threads": 1,
+        "batch": 1,
+        "members": members,
+        "stacker": stacker_v,
+        "ensemble_sequential": ensemble,
+    }))
 }
