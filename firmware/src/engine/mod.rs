@@ -662,17 +662,7 @@ impl Engine {
                 cam::upsample(&r.cam, c, c, s)
             })
             .collect();
-        let weights: Vec<f32> = self.members.iter().map(|m| m.spec.cam_weight).collect();
-        let signed = cam::weighted_sum(&maps, &weights);
-        let members = self
-            .members
-            .iter()
-            .zip(maps)
-            .map(|(m, values)| MemberMap {
-                name: m.spec.name.clone(),
-                values,
-            })
-            .collect();
+        let (signed, members) = self.combine(maps);
         self.heat_map(
             Explain::GradCam,
             crop,
@@ -738,8 +728,14 @@ impl Engine {
             let small = cam::score_cam_map(fmap, *c, hw, &scores);
             Ok(cam::upsample(&small, *side, *side, s))
         })?;
+        let (values, members) = self.combine(maps);
+        Ok(self.heat_map(Explain::ScoreCam, crop, values, None, members))
+    }
+
+    /// The ensemble map (members weighted by the bundle's `cam_weight`) and the members' own.
+    fn combine(&self, maps: Vec<Vec<f32>>) -> (Vec<f32>, Vec<MemberMap>) {
         let weights: Vec<f32> = self.members.iter().map(|m| m.spec.cam_weight).collect();
-        let values = cam::weighted_sum(&maps, &weights);
+        let ensemble = cam::weighted_sum(&maps, &weights);
         let members = self
             .members
             .iter()
@@ -749,7 +745,7 @@ impl Engine {
                 values,
             })
             .collect();
-        Ok(self.heat_map(Explain::ScoreCam, crop, values, None, members))
+        (ensemble, members)
     }
 }
 
