@@ -179,6 +179,25 @@ impl Device {
         Ok(self.log.lock().expect("log lock").append_entry(entry)?)
     }
 
+    /// Whether the device log already holds exactly this entry (crash recovery: a study
+    /// committed just before a crash is logged once, not twice). Scans the whole log.
+    pub fn has_logged(&self, entry: &LogEntry) -> Result<bool, DeviceError> {
+        let log = self.log.lock().expect("log lock");
+        let mut since = 1;
+        loop {
+            let page = log.read_since(since, 4096, 1 << 22)?;
+            if page.records.iter().any(|r| {
+                serde_json::from_slice::<LogEntry>(&r.payload).ok().as_ref() == Some(entry)
+            }) {
+                return Ok(true);
+            }
+            if !page.more || page.next_seq <= since {
+                return Ok(false);
+            }
+            since = page.next_seq;
+        }
+    }
+
     pub fn info(&self) -> DeviceInfo {
         DeviceInfo {
             device_id: self.device_id.clone(),

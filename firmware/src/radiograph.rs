@@ -325,16 +325,18 @@ fn grey_of_rgb<T: Copy + Into<f32>>(
 }
 
 fn decode_dicom(bytes: &[u8]) -> Result<Decoded, DecodeError> {
-    use dicom_dictionary_std::tags;
-    use dicom_object::OpenFileOptions;
-    use dicom_pixeldata::PixelDecoder;
+    decode_dicom_object(&parse_dicom(bytes)?)
+}
 
-    let body = if bytes.starts_with(b"DICM") {
+/// Parses a DICOM Part-10 file (with or without its 128-byte preamble).
+pub fn parse_dicom(bytes: &[u8]) -> Result<dicom_object::DefaultDicomObject, DecodeError> {
+    use dicom_object::OpenFileOptions;
+    let body = if bytes.starts_with(b"DICM") || bytes.len() < 132 {
         bytes
     } else {
         &bytes[128..]
     };
-    let obj = OpenFileOptions::new().from_reader(body).map_err(|e| {
+    OpenFileOptions::new().from_reader(body).map_err(|e| {
         let message = error_chain(&e);
         if is_eof(&message) {
             DecodeError::Truncated {
@@ -344,7 +346,16 @@ fn decode_dicom(bytes: &[u8]) -> Result<Decoded, DecodeError> {
         } else {
             DecodeError::Dicom(message)
         }
-    })?;
+    })
+}
+
+/// The checks a DICOM radiograph must pass before its pixels are decoded (greyscale, 8 or
+/// 16 bits allocated), and what its header says about the patient. Cheap: ingest runs it
+/// to refuse an unusable image while the sender is still connected.
+pub fn check_dicom_header(
+    obj: &dicom_object::InMemDicomObject,
+) -> Result<(Photometric, u16, DicomHeader), DecodeError> {
+    use dicom_dictionary_std::tags;
     let text = |tag| {
         obj.element_opt(tag)
             .ok()
@@ -386,6 +397,13 @@ fn decode_dicom(bytes: &[u8]) -> Result<Decoded, DecodeError> {
         site: text(tags::BODY_PART_EXAMINED).and_then(|b| site_from_body_part(&b)),
         body_part: text(tags::BODY_PART_EXAMINED),
     };
+    Ok((photometric, stored, header))
+}
+
+/// Decodes a parsed DICOM radiograph to MONOCHROME2 (Modality LUT applied).
+pub fn decode_dicom_object(obj: &dicom_object::DefaultDicomObject) -> Result<Decoded, DecodeError> {
+    use dicom_pixeldata::PixelDecoder;
+    let (photometric, stored, header) = check_dicom_header(obj)?;
     let pd = obj.decode_pixel_data().map_err(|e| {
         let message = error_chain(&e);
         if is_eof(&message) || message.contains("out of range") {
