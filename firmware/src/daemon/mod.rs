@@ -5,5 +5,6 @@
 //! - [`spool`]: the durable queue of received radiographs (never a lost study, each
 //!   processed once).
 
+pub mod dashboard;
 pub mod serial_service;
 pub mod spool;
