@@ -504,7 +504,16 @@ fn missing_type2_attributes_are_written_empty_and_type1_is_required() {
     let c = case();
     let source = synthetic_dx(false);
     let r = results::build(&context(&source, c, time())).unwrap();
+    let dir = tempfile::tempdir().unwrap();
     for (name, obj) in all(&r) {
+        let path = dir.path().join(format!("{name}.dcm"));
+        obj.write_to_file(&path).unwrap();
+        if let Some(report) = dciodvfy(&path) {
+            assert!(
+                !report.lines().any(|l| l.contains("Error")),
+                "dciodvfy {name}.dcm (sparse source):\n{report}"
+            );
+        }
         for tag in [
             tags::PATIENT_BIRTH_DATE,
             tags::ACCESSION_NUMBER,
@@ -522,4 +531,31 @@ fn missing_type2_attributes_are_written_empty_and_type1_is_required() {
     let e = results::build(&context(&bad, c, time())).err().unwrap();
     assert!(matches!(e, ResultError::MissingSource(_)), "{e}");
     assert!(e.to_string().contains("Study Instance UID"), "{e}");
+}
+
+#[test]
+fn an_infection_call_is_coded_as_osteomyelitis() {
+    let c = case();
+    let mut p = c.prediction.clone();
+    p.pbt = false;
+    p.flag = tirp_firmware::engine::FLAG_INFECTION.to_owned();
+    let ctx = ResultContext {
+        prediction: &p,
+        ..context(&c.source, c, time())
+    };
+    let csr = results::comprehensive_sr(&ctx).unwrap();
+    let mut items = Vec::new();
+    content_items(&csr, &mut items);
+    let codes: Vec<String> = items
+        .iter()
+        .filter(|it| text(it, tags::VALUE_TYPE) == "CODE")
+        .filter(|it| concept_value(it, tags::CONCEPT_NAME_CODE_SEQUENCE) == "121071")
+        .map(|it| concept_value(it, tags::CONCEPT_CODE_SEQUENCE))
+        .collect();
+    assert_eq!(codes, vec!["60168000".to_owned()]);
+    let sr = results::basic_text_sr(&ctx).unwrap();
+    let mut items = Vec::new();
+    content_items(&sr, &mut items);
+    assert!(items.iter().any(|it| text(it, tags::VALUE_TYPE) == "TEXT"
+        && text(it, tags::TEXT_VALUE) == "suspected bone infection"));
 }
