@@ -2,6 +2,8 @@
 //!
 //! - [`board`]: typed board profiles (`boards/*.toml`).
 //! - [`clinical`]: label, sex and site, and their feature encoding (training = inference).
+//! - [`dicom`]: the DICOM result objects (heat-map Secondary Capture, Basic Text and
+//!   Comprehensive SR) sent back to the station and PACS.
 //! - [`ensemble`]: `ensemble.json`, what a bundle holds for the engine.
 //! - [`engine`]: the inference engine (tract): bundle → flag, probability, heat-map.
 //! - [`glyphs`]: a 5×7 bitmap font for text burned into images.
@@ -17,6 +19,7 @@ pub mod clinical;
 #[cfg(unix)]
 pub mod daemon;
 pub mod devlog;
+pub mod dicom;
 pub mod engine;
 pub mod ensemble;
 pub mod glyphs;

@@ -10,11 +10,15 @@ use image::{ImageBuffer, Rgb, RgbImage};
 /// Side of the displayed crop, pixels.
 pub const PANEL: u32 = 384;
 const LEGEND_W: u32 = 18;
-const MARGIN: u32 = 8;
+pub(crate) const MARGIN: u32 = 8;
 const TEXT_SCALE: u32 = 2;
-const LINE_H: u32 = (glyphs::GLYPH_H + 3) * TEXT_SCALE;
+pub(crate) const LINE_H: u32 = (glyphs::GLYPH_H + 3) * TEXT_SCALE;
 /// Largest opacity of the colour map (at the map's maximum).
 const MAX_ALPHA: f32 = 0.6;
+/// Background of the panels and the text band.
+pub(crate) const BACKGROUND: Rgb<u8> = Rgb([16, 16, 16]);
+/// Colour of the ROI box.
+pub(crate) const ROI_COLOUR: Rgb<u8> = Rgb([255, 255, 0]);
 
 /// Turbo (Mikhailov 2019), the published degree-5 polynomial fit: perceptually ordered,
 /// near-black (0) → blue → green → red → dark red (1).
@@ -57,16 +61,9 @@ pub fn render(image: &GrayImage, p: &Prediction) -> RgbImage {
     let hm = &p.heatmap;
     let lines = text_lines(p);
     let width = MARGIN * 3 + PANEL + LEGEND_W + glyphs::text_width("MAX", TEXT_SCALE) + MARGIN;
-    let width = width.max(
-        lines
-            .iter()
-            .map(|l| glyphs::text_width(l, TEXT_SCALE))
-            .max()
-            .unwrap_or(0)
-            + 2 * MARGIN,
-    );
+    let width = width.max(text_band_width(&lines));
     let height = MARGIN * 2 + PANEL + MARGIN + LINE_H * lines.len() as u32 + MARGIN;
-    let mut out: RgbImage = ImageBuffer::from_pixel(width, height, Rgb([16, 16, 16]));
+    let mut out: RgbImage = ImageBuffer::from_pixel(width, height, BACKGROUND);
 
     // The crop, windowed between its 1st and 99th percentile grey levels.
     let crop = hm.crop;
@@ -86,14 +83,7 @@ pub fn render(image: &GrayImage, p: &Prediction) -> RgbImage {
             )
         })
         .collect();
-    let mut sorted = grey.clone();
-    sorted.sort_by(f32::total_cmp);
-    let lo = sorted[sorted.len() / 100];
-    let hi = sorted[sorted.len() * 99 / 100];
-    let range = if hi > lo { hi - lo } else { 1.0 };
-    for g in &mut grey {
-        *g = ((*g - lo) / range).clamp(0.0, 1.0);
-    }
+    window(&mut grey);
     let heat = cam::upsample(
         &hm.values,
         hm.side as usize,
@@ -105,12 +95,7 @@ pub fn render(image: &GrayImage, p: &Prediction) -> RgbImage {
     for py in 0..PANEL {
         for px in 0..PANEL {
             let i = (py * PANEL + px) as usize;
-            let g = grey[i] * 255.0;
-            let h = (heat[i] * scale).clamp(0.0, 1.0);
-            let c = turbo(h);
-            let a = MAX_ALPHA * h;
-            let mix = |k: usize| (g * (1.0 - a) + c[k] as f32 * a).round() as u8;
-            out.put_pixel(ox + px, oy + py, Rgb([mix(0), mix(1), mix(2)]));
+            out.put_pixel(ox + px, oy + py, blend(grey[i], heat[i] * scale));
         }
     }
 
@@ -126,19 +111,12 @@ pub fn render(image: &GrayImage, p: &Prediction) -> RgbImage {
         to_panel((p.roi.x + p.roi.w) as f32, crop.x) - 1,
         to_panel((p.roi.y + p.roi.h) as f32, crop.y) - 1,
     );
-    let mut dot = |x: i64, y: i64| {
-        if (0..PANEL as i64).contains(&x) && (0..PANEL as i64).contains(&y) {
-            out.put_pixel(ox + x as u32, oy + y as u32, Rgb([255, 255, 0]));
-        }
-    };
-    for x in x0..=x1 {
-        dot(x, y0);
-        dot(x, y1);
-    }
-    for y in y0..=y1 {
-        dot(x0, y);
-        dot(x1, y);
-    }
+    draw_box(
+        &mut out,
+        (x0, y0, x1, y1),
+        (ox, oy, PANEL, PANEL),
+        ROI_COLOUR,
+    );
 
     // Legend: the colour bar, 0 at the bottom, the map's maximum at the top.
     let lx = ox + PANEL + MARGIN;
@@ -159,8 +137,76 @@ pub fn render(image: &GrayImage, p: &Prediction) -> RgbImage {
         white,
     );
 
-    // Text band.
-    let mut ty = oy + PANEL + MARGIN * 2;
+    draw_text_band(&mut out, p, &lines, MARGIN, oy + PANEL + MARGIN * 2);
+    out
+}
+
+/// Windows grey levels in place to [0, 1] between their 1st and 99th percentiles (robust
+/// to a few saturated or dead pixels).
+pub(crate) fn window(grey: &mut [f32]) {
+    if grey.is_empty() {
+        return;
+    }
+    let mut sorted = grey.to_vec();
+    sorted.sort_by(f32::total_cmp);
+    let lo = sorted[sorted.len() / 100];
+    let hi = sorted[sorted.len() * 99 / 100];
+    let range = if hi > lo { hi - lo } else { 1.0 };
+    for g in grey {
+        *g = ((*g - lo) / range).clamp(0.0, 1.0);
+    }
+}
+
+/// A windowed grey level (`grey` in [0, 1]) with the map value `heat` (0 = none, 1 = the
+/// map's maximum) blended in turbo colours; opacity grows with the value, so a cold map
+/// leaves the radiograph untouched (pure grey).
+pub(crate) fn blend(grey: f32, heat: f32) -> Rgb<u8> {
+    let g = grey * 255.0;
+    let h = heat.clamp(0.0, 1.0);
+    let c = turbo(h);
+    let a = MAX_ALPHA * h;
+    let mix = |k: usize| (g * (1.0 - a) + c[k] as f32 * a).round() as u8;
+    Rgb([mix(0), mix(1), mix(2)])
+}
+
+/// Outline of the box `(x0, y0, x1, y1)` (inclusive, coordinates relative to `clip`'s
+/// origin), drawn only where it falls inside `clip = (x, y, w, h)`.
+pub(crate) fn draw_box(
+    img: &mut RgbImage,
+    (x0, y0, x1, y1): (i64, i64, i64, i64),
+    (ox, oy, w, h): (u32, u32, u32, u32),
+    colour: Rgb<u8>,
+) {
+    let mut dot = |x: i64, y: i64| {
+        if (0..w as i64).contains(&x) && (0..h as i64).contains(&y) {
+            img.put_pixel(ox + x as u32, oy + y as u32, colour);
+        }
+    };
+    for x in x0..=x1 {
+        dot(x, y0);
+        dot(x, y1);
+    }
+    for y in y0..=y1 {
+        dot(x0, y);
+        dot(x1, y);
+    }
+}
+
+/// Width of the text band for `lines`, margins included.
+pub(crate) fn text_band_width(lines: &[String]) -> u32 {
+    lines
+        .iter()
+        .map(|l| glyphs::text_width(l, TEXT_SCALE))
+        .max()
+        .unwrap_or(0)
+        + 2 * MARGIN
+}
+
+/// Draws `lines` (from [`text_lines`]) top-down from `(x, y)`: the flag coloured by class,
+/// the notice in yellow, the rest white.
+pub(crate) fn draw_text_band(img: &mut RgbImage, p: &Prediction, lines: &[String], x: u32, y: u32) {
+    let white = Rgb([240, 240, 240]);
+    let mut ty = y;
     for (i, line) in lines.iter().enumerate() {
         let colour = match i {
             0 if p.pbt => Rgb([255, 110, 90]),
@@ -168,13 +214,13 @@ pub fn render(image: &GrayImage, p: &Prediction) -> RgbImage {
             _ if line == super::NOTICE => Rgb([255, 220, 0]),
             _ => white,
         };
-        draw_text(&mut out, line, MARGIN, ty, colour);
+        draw_text(img, line, x, ty, colour);
         ty += LINE_H;
     }
-    out
 }
 
-fn text_lines(p: &Prediction) -> Vec<String> {
+/// The text band's lines: flag, probability and threshold, bundle, notice.
+pub(crate) fn text_lines(p: &Prediction) -> Vec<String> {
     vec![
         p.flag.to_uppercase(),
         format!(
