@@ -200,8 +200,10 @@ impl Dashboard {
 
     /// Adds or replaces (by id) a study and notifies live clients within a second.
     /// `heatmap_png` is the overlay PNG (served at `/api/studies/{id}/heatmap.png`); a
-    /// replacement without one keeps no heat-map.
-    pub fn publish(&self, study: StudyView, heatmap_png: Option<Arc<Vec<u8>>>) {
+    /// replacement without one keeps no heat-map. `has_heatmap` is set from `heatmap_png`,
+    /// so the pages never ask for a PNG that is not there.
+    pub fn publish(&self, mut study: StudyView, heatmap_png: Option<Arc<Vec<u8>>>) {
+        study.has_heatmap = heatmap_png.is_some();
         let json: Arc<str> = match serde_json::to_string(&study) {
             Ok(j) => j.into(),
             Err(_) => return, // a StudyView always serializes (non-finite floats become null)
@@ -511,6 +513,8 @@ fn router(app: App) -> Router {
             "/app.css",
             get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], APP_CSS) }),
         )
+        // Browsers ask for it on every page: no icon, and no 404 in the log.
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/api/studies", get(api_studies))
         .route("/api/studies/{id}", get(api_study))
         .route("/api/studies/{id}/heatmap.png", get(api_heatmap))
