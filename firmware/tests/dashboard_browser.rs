@@ -236,6 +236,43 @@ impl Drop for Cdp {
     }
 }
 
+/// Standard base64 (the DevTools protocol's screenshots), without padding checks.
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        _ => 63,
+    };
+    let digits: Vec<u8> = s.bytes().filter(|c| *c != b'=').map(val).collect();
+    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
+    for ch in digits.chunks(4) {
+        let n = ch
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, d)| n | (u32::from(*d) << (18 - 6 * i)));
+        out.extend_from_slice(&n.to_be_bytes()[1..ch.len()]);
+    }
+    out
+}
+
+/// With `TIRP_DASH_SCREENSHOTS=DIR`, saves what the browser shows (for reviewing the UI).
+fn screenshot(cdp: &mut Cdp, session: &str, name: &str) {
+    let Some(dir) = std::env::var_os("TIRP_DASH_SCREENSHOTS") else {
+        return;
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let r = cdp.call(
+        Some(session),
+        "Page.captureScreenshot",
+        json!({"format": "png"}),
+    );
+    let path = Path::new(&dir).join(format!("{name}.png"));
+    std::fs::write(&path, base64_decode(r["data"].as_str().unwrap())).unwrap();
+    eprintln!("screenshot: {}", path.display());
+}
+
 fn raw_get(addr: SocketAddr, path: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -312,6 +349,11 @@ fn live_update_reaches_the_browser_dom() {
         json!({"targetId": target_id, "flatten": true}),
     );
     let session = attached["sessionId"].as_str().unwrap().to_owned();
+    cdp.call(
+        Some(&session),
+        "Emulation.setDeviceMetricsOverride",
+        json!({"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": false}),
+    );
 
     // Loaded (the list came through the cookie that ?token= set) and the live stream is open.
     let loaded = cdp.wait_for(
@@ -384,6 +426,7 @@ fn live_update_reaches_the_browser_dom() {
          function (e) { return e.getAttribute('data-id'); }).join(',')",
     );
     assert_eq!(order, json!("live01,0001"));
+    screenshot(&mut cdp, &session, "list");
     // Its heat-map thumbnail loaded (through the cookie).
     assert!(cdp.wait_for(
         &session,
@@ -411,6 +454,7 @@ fn live_update_reaches_the_browser_dom() {
         "study page:\n{}",
         cdp.dom(&session)
     );
+    screenshot(&mut cdp, &session, "study");
     cdp.call(
         Some(&session),
         "Page.navigate",
@@ -427,6 +471,7 @@ fn live_update_reaches_the_browser_dom() {
         "status page:\n{}",
         cdp.dom(&session)
     );
+    screenshot(&mut cdp, &session, "status");
 
     drop(cdp);
     stop.store(true, Ordering::SeqCst);
