@@ -376,10 +376,17 @@ fn set_security_headers(h: &mut HeaderMap) {
     h.insert("cross-origin-resource-policy", s("same-origin"));
 }
 
-/// Token check, security headers and the request log (method, path without query, status).
+/// The request log line: method, path without the query string (where `?token=` is), status.
+/// Nothing else: no headers, no client address, no study content.
+fn log_line(method: &axum::http::Method, uri: &axum::http::Uri, status: StatusCode) -> String {
+    let path: String = uri.path().chars().take(200).collect();
+    format!("dashboard: {method} {path} {}", status.as_u16())
+}
+
+/// Token check, security headers and the request log.
 async fn guard(State(app): State<App>, req: Request, next: Next) -> Response {
     let method = req.method().clone();
-    let path: String = req.uri().path().chars().take(200).collect();
+    let uri = req.uri().clone();
     let auth = authorize(&app, &req);
     let mut resp = match auth {
         Auth::Denied => (
@@ -403,7 +410,7 @@ async fn guard(State(app): State<App>, req: Request, next: Next) -> Response {
         resp.headers_mut().append(header::SET_COOKIE, v);
     }
     set_security_headers(resp.headers_mut());
-    eprintln!("dashboard: {method} {path} {}", resp.status().as_u16());
+    eprintln!("{}", log_line(&method, &uri, resp.status()));
     resp
 }
 

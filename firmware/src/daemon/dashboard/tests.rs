@@ -623,3 +623,14 @@ fn constant_time_compare() {
     assert!(!ct_eq(b"abc", b"abcd"));
     assert!(!ct_eq(b"", b"a"));
 }
+
+#[test]
+fn the_log_line_has_no_query_string() {
+    let uri: axum::http::Uri = "/api/studies/ab01?token=s3cret&x=DOE%5EJANE"
+        .parse()
+        .unwrap();
+    let l = log_line(&axum::http::Method::GET, &uri, StatusCode::OK);
+    assert_eq!(l, "dashboard: GET /api/studies/ab01 200");
+    let long: axum::http::Uri = format!("/{}", "a".repeat(500)).parse().unwrap();
+    assert!(log_line(&axum::http::Method::GET, &long, StatusCode::NOT_FOUND).len() < 240);
+}
