@@ -200,8 +200,10 @@ impl Dashboard {
 
     /// Adds or replaces (by id) a study and notifies live clients within a second.
     /// `heatmap_png` is the overlay PNG (served at `/api/studies/{id}/heatmap.png`); a
-    /// replacement without one keeps no heat-map.
-    pub fn publish(&self, study: StudyView, heatmap_png: Option<Arc<Vec<u8>>>) {
+    /// replacement without one keeps no heat-map. `has_heatmap` is set from `heatmap_png`,
+    /// so the pages never ask for a PNG that is not there.
+    pub fn publish(&self, mut study: StudyView, heatmap_png: Option<Arc<Vec<u8>>>) {
+        study.has_heatmap = heatmap_png.is_some();
         let json: Arc<str> = match serde_json::to_string(&study) {
             Ok(j) => j.into(),
             Err(_) => return, // a StudyView always serializes (non-finite floats become null)
@@ -374,10 +376,17 @@ fn set_security_headers(h: &mut HeaderMap) {
     h.insert("cross-origin-resource-policy", s("same-origin"));
 }
 
-/// Token check, security headers and the request log (method, path without query, status).
+/// The request log line: method, path without the query string (where `?token=` is), status.
+/// Nothing else: no headers, no client address, no study content.
+fn log_line(method: &axum::http::Method, uri: &axum::http::Uri, status: StatusCode) -> String {
+    let path: String = uri.path().chars().take(200).collect();
+    format!("dashboard: {method} {path} {}", status.as_u16())
+}
+
+/// Token check, security headers and the request log.
 async fn guard(State(app): State<App>, req: Request, next: Next) -> Response {
     let method = req.method().clone();
-    let path: String = req.uri().path().chars().take(200).collect();
+    let uri = req.uri().clone();
     let auth = authorize(&app, &req);
     let mut resp = match auth {
         Auth::Denied => (
@@ -401,7 +410,7 @@ async fn guard(State(app): State<App>, req: Request, next: Next) -> Response {
         resp.headers_mut().append(header::SET_COOKIE, v);
     }
     set_security_headers(resp.headers_mut());
-    eprintln!("dashboard: {method} {path} {}", resp.status().as_u16());
+    eprintln!("{}", log_line(&method, &uri, resp.status()));
     resp
 }
 
@@ -511,6 +520,8 @@ fn router(app: App) -> Router {
             "/app.css",
             get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], APP_CSS) }),
         )
+        // Browsers ask for it on every page: no icon, and no 404 in the log.
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/api/studies", get(api_studies))
         .route("/api/studies/{id}", get(api_study))
         .route("/api/studies/{id}/heatmap.png", get(api_heatmap))

@@ -332,6 +332,12 @@ fn publish_replaces_by_id_and_keeps_only_history() {
     dash.publish(study("ee", 300), Some(Arc::new(vec![9])));
     dash.publish(study("ee", 300), None);
     assert!(dash.heatmap("ee").is_none());
+    assert!(
+        !dash.study("ee").unwrap().has_heatmap,
+        "has_heatmap follows the PNG"
+    );
+    dash.publish(study("ee", 300), Some(Arc::new(vec![9])));
+    assert!(dash.study("ee").unwrap().has_heatmap);
     assert_eq!(dash.studies().len(), 3);
 }
 
@@ -547,7 +553,8 @@ fn sse_delivers_a_published_study_within_a_second() {
         .map(|(_, v)| v.as_str());
     assert_eq!(ctype, Some("text/event-stream"));
     assert_eq!(srv.dash.live_clients(), 1);
-    let s = study("5e5e", 42);
+    let mut s = study("5e5e", 42);
+    s.has_heatmap = false; // published without one
     let t0 = Instant::now();
     srv.dash.publish(s.clone(), None);
     let data = next_event(&mut r, "study", t0 + Duration::from_secs(1)).expect("an event in 1 s");
@@ -615,4 +622,15 @@ fn constant_time_compare() {
     assert!(!ct_eq(b"abc", b"abd"));
     assert!(!ct_eq(b"abc", b"abcd"));
     assert!(!ct_eq(b"", b"a"));
+}
+
+#[test]
+fn the_log_line_has_no_query_string() {
+    let uri: axum::http::Uri = "/api/studies/ab01?token=s3cret&x=DOE%5EJANE"
+        .parse()
+        .unwrap();
+    let l = log_line(&axum::http::Method::GET, &uri, StatusCode::OK);
+    assert_eq!(l, "dashboard: GET /api/studies/ab01 200");
+    let long: axum::http::Uri = format!("/{}", "a".repeat(500)).parse().unwrap();
+    assert!(log_line(&axum::http::Method::GET, &long, StatusCode::NOT_FOUND).len() < 240);
 }
