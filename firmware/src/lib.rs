@@ -2,6 +2,7 @@
 //!
 //! - [`board`]: typed board profiles (`boards/*.toml`).
 //! - [`clinical`]: label, sex and site, and their feature encoding (training = inference).
+//! - [`dicom`]: the DICOM node: C-ECHO/C-STORE SCP for radiographs, C-STORE SCU for results.
 //! - [`ensemble`]: `ensemble.json`, what a bundle holds for the engine.
 //! - [`engine`]: the inference engine (tract): bundle → flag, probability, heat-map.
 //! - [`glyphs`]: a 5×7 bitmap font for text burned into images.
@@ -17,6 +18,7 @@ pub mod clinical;
 #[cfg(unix)]
 pub mod daemon;
 pub mod devlog;
+pub mod dicom;
 pub mod engine;
 pub mod ensemble;
 pub mod glyphs;
