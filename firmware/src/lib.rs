@@ -2,8 +2,8 @@
 //!
 //! - [`board`]: typed board profiles (`boards/*.toml`).
 //! - [`clinical`]: label, sex and site, and their feature encoding (training = inference).
-//! - [`dicom`]: the DICOM result objects (heat-map Secondary Capture, Basic Text and
-//!   Comprehensive SR) sent back to the station and PACS.
+//! - [`dicom`]: the DICOM node (C-ECHO/C-STORE SCP for radiographs, C-STORE SCU) and the
+//!   result objects (heat-map Secondary Capture, Basic Text and Comprehensive SR).
 //! - [`ensemble`]: `ensemble.json`, what a bundle holds for the engine.
 //! - [`engine`]: the inference engine (tract): bundle → flag, probability, heat-map.
 //! - [`glyphs`]: a 5×7 bitmap font for text burned into images.
