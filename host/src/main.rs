@@ -43,6 +43,9 @@ enum Command {
     Predict(cli::predict::PredictArgs),
     /// Score a labelled table with a bundle: predictions CSV for `tirp audit`, AUC.
     Eval(cli::predict::EvalArgs),
+    /// Act as a DR station towards a box: send studies by C-STORE; bench latency/throughput.
+    #[command(subcommand)]
+    Station(cli::station::StationCommand),
     /// Engineer and signing keys: generate; add to or remove from a device keyring.
     #[command(subcommand)]
     Keys(cli::bundle::KeysCommand),
@@ -63,6 +66,7 @@ fn run() -> Result<()> {
         Command::Train(args) => cli::train::run(args, &out),
         Command::Predict(args) => cli::predict::run_predict(args, &out),
         Command::Eval(args) => cli::predict::run_eval(args, &out),
+        Command::Station(cmd) => cli::station::run(cmd, &out),
         Command::Keys(cmd) => cli::bundle::run_keys(cmd, &cli.conn, &out),
     }
 }

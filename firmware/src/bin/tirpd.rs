@@ -1,5 +1,8 @@
-//! `tirpd`: the DeepTIRP Edge device daemon. Serves the provisioning link (install, activate,
-//! roll back model bundles; pull the device log). Stops cleanly on SIGTERM or SIGINT.
+//! `tirpd`: the DeepTIRP Edge device daemon. A DICOM node for the DR stations (C-ECHO,
+//! C-STORE in; flag, heat-map, Secondary Capture and SRs out through a persistent outbox), a
+//! hot folder, the station dashboard, and the provisioning link (install, activate, roll
+//! back model bundles; pull the device log). Stops cleanly on SIGTERM or SIGINT: ingest
+//! stops, the study in hand is finished, queued studies and results wait on disk.
 
 #[cfg(unix)]
 fn main() -> anyhow::Result<()> {
@@ -16,9 +19,17 @@ fn main() {
 mod imp {
     use anyhow::{Context, Result, bail};
     use clap::Parser;
+    use std::net::{IpAddr, SocketAddr};
     use std::path::PathBuf;
     use std::sync::Arc;
-    use std::sync::atomic::AtomicBool;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+    use tirp_firmware::daemon::dashboard::{self, Dashboard, DashboardConfig, StatusView};
+    use tirp_firmware::daemon::hotfolder::HotFolder;
+    use tirp_firmware::daemon::outbox::{Outbox, SendEvent};
+    use tirp_firmware::daemon::station::{Station, StationConfig};
+    use tirp_firmware::dicom::scp::{Scp, ScpConfig, ScpStatsHandle};
+    use tirp_firmware::dicom::scu::{self, Destination};
     use tirp_firmware::board::BoardProfile;
     use tirp_firmware::daemon::serial_service;
     use tirp_firmware::engine::EngineOptions;
@@ -37,11 +48,19 @@ mod imp {
     }
 
     #[derive(Parser)]
-    #[command(name = "tirpd", version, about = "DeepTIRP Edge device daemon")]
+    #[command(
+        name = "tirpd",
+        version,
+        about = "DeepTIRP Edge device daemon: DICOM node, dashboard, provisioning link"
+    )]
     struct Args {
         /// Board profile (boards/*.toml).
         #[arg(long)]
         board: PathBuf,
+        /// Settings file (TOML; the long option names with `_`, e.g. `ae_title`, `dest = [..]`).
+        /// Command-line options override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Data directory (default: the profile's storage.data_dir).
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -55,19 +74,123 @@ mod imp {
         #[arg(long = "trust")]
         trust: Vec<PathBuf>,
         /// Restarts a newly activated bundle may take without passing its health check.
-        #[arg(long, default_value_t = 3)]
-        max_trial_boots: u32,
+        #[arg(long)]
+        max_trial_boots: Option<u32>,
         /// Health check of an activated bundle.
-        #[arg(long, value_enum, default_value = "golden")]
-        health_check: HealthMode,
+        #[arg(long, value_enum)]
+        health_check: Option<HealthMode>,
+        /// Our DICOM AE title.
+        #[arg(long)]
+        ae_title: Option<String>,
+        /// DICOM port (0: any free port, printed).
+        #[arg(long)]
+        dicom_port: Option<u16>,
+        /// Address the DICOM node listens on.
+        #[arg(long)]
+        dicom_addr: Option<IpAddr>,
+        /// Calling AE titles allowed to connect (repeatable; none = any).
+        #[arg(long = "allow-ae")]
+        allow_ae: Vec<String>,
+        /// Where results go: `AE@host:port` (repeatable).
+        #[arg(long = "dest")]
+        dest: Vec<String>,
+        /// Concurrent DICOM associations.
+        #[arg(long)]
+        max_associations: Option<usize>,
+        /// Dashboard address (port 0: any free port).
+        #[arg(long)]
+        http_addr: Option<SocketAddr>,
+        /// Dashboard access token (default: one kept in DATA_DIR/dashboard-token).
+        #[arg(long)]
+        token: Option<String>,
+        /// The bundle used while no slot is active (default: the shipped models/bundle).
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+        /// Hot folder for stations that export files (default: none).
+        #[arg(long)]
+        hot_folder: Option<PathBuf>,
+        /// Refuse new studies when the data disk has less free space than this (MiB).
+        #[arg(long)]
+        min_free_mb: Option<u64>,
+        /// Demo without a station: push every DICOM file in DIR to this daemon by C-STORE
+        /// (calling AE TIRPDEMO) once it is up.
+        #[arg(long)]
+        demo: Option<PathBuf>,
+    }
+
+    /// The settings file: the same settings as the options.
+    #[derive(Default, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct FileConfig {
+        data_dir: Option<PathBuf>,
+        serial: Option<String>,
+        baud: Option<u32>,
+        max_trial_boots: Option<u32>,
+        health_check: Option<String>,
+        ae_title: Option<String>,
+        dicom_port: Option<u16>,
+        dicom_addr: Option<IpAddr>,
+        #[serde(default)]
+        allow_ae: Vec<String>,
+        #[serde(default)]
+        dest: Vec<String>,
+        max_associations: Option<usize>,
+        http_addr: Option<SocketAddr>,
+        token: Option<String>,
+        bundle: Option<PathBuf>,
+        hot_folder: Option<PathBuf>,
+        min_free_mb: Option<u64>,
+    }
+
+    const DEMO_AE: &str = "TIRPDEMO";
+
+    /// The dashboard token: given, or created once (random) and kept in the data directory.
+    fn dashboard_token(data_dir: &std::path::Path, given: Option<String>) -> Result<String> {
+        if let Some(t) = given {
+            if t.len() < 16 {
+                bail!("--token: use at least 16 characters");
+            }
+            return Ok(t);
+        }
+        let path = data_dir.join("dashboard-token");
+        if let Ok(t) = std::fs::read_to_string(&path) {
+            return Ok(t.trim().to_owned());
+        }
+        use rand::TryRngCore;
+        let mut b = [0u8; 16];
+        rand::rngs::OsRng
+            .try_fill_bytes(&mut b)
+            .map_err(|e| anyhow::anyhow!("random token: {e}"))?;
+        let t = hex::encode(b);
+        std::fs::write(&path, &t).with_context(|| format!("write {}", path.display()))?;
+        Ok(t)
     }
 
     pub fn main() -> Result<()> {
-        let args = Args::parse();
+        let started = Instant::now();
+        let mut args = Args::parse();
         let board = BoardProfile::load(&args.board)?;
+        let file: FileConfig = match &args.config {
+            Some(p) => toml::from_str(
+                &std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?,
+            )
+            .with_context(|| format!("settings file {}", p.display()))?,
+            None => FileConfig::default(),
+        };
+        let health_check = match (args.health_check, file.health_check.as_deref()) {
+            (Some(h), _) => h,
+            (None, None | Some("golden")) => HealthMode::Golden,
+            (None, Some("integrity")) => HealthMode::Integrity,
+            (None, Some(other)) => {
+                bail!("settings file: health_check {other:?}: use \"golden\" or \"integrity\"")
+            }
+        };
         let data_dir = args
             .data_dir
+            .or(file.data_dir)
             .unwrap_or_else(|| board.storage.data_dir.clone());
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("create data directory {}", data_dir.display()))?;
         let keyring_dir = data_dir.join("keyring");
         for pem_path in &args.trust {
             let pem = std::fs::read_to_string(pem_path)
@@ -81,9 +204,9 @@ mod imp {
             eprintln!("tirpd: trusting key {id}");
         }
         let mut cfg = DeviceConfig::new(&data_dir, &board.id);
-        cfg.max_trial_boots = args.max_trial_boots;
+        cfg.max_trial_boots = args.max_trial_boots.or(file.max_trial_boots).unwrap_or(3);
         let mut checks: Vec<Arc<dyn HealthCheck>> = vec![Arc::new(FileIntegrityCheck)];
-        match args.health_check {
+        match health_check {
             HealthMode::Golden => checks.push(Arc::new(GoldenInferenceCheck::new(
                 EngineOptions::for_board(&board),
             ))),
@@ -106,8 +229,183 @@ mod imp {
         for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
             signal_hook::flag::register(sig, stop.clone()).context("install signal handler")?;
         }
-        let path = args.serial.unwrap_or_else(|| board.serial.device.clone());
-        let baud = args.baud.unwrap_or(board.serial.baud);
+        let mut threads: Vec<(&str, std::thread::JoinHandle<()>)> = Vec::new();
+
+        // Results go back through the persistent outbox.
+        let ae_title = args
+            .ae_title
+            .take()
+            .or(file.ae_title)
+            .unwrap_or_else(|| ScpConfig::default().ae_title);
+        let mut dests = Vec::new();
+        for d in args.dest.iter().chain(&file.dest) {
+            dests.push(
+                d.parse::<Destination>()
+                    .map_err(|e| anyhow::anyhow!("--dest {d}: {e}"))?,
+            );
+        }
+        let outbox = Arc::new(
+            Outbox::open(
+                &data_dir.join("outbox"),
+                &ae_title,
+                &dests,
+                Duration::from_secs(30),
+            )
+            .context("open the outbox")?,
+        );
+        threads.extend(
+            outbox
+                .spawn(
+                    stop.clone(),
+                    Arc::new(|ev| match ev {
+                        SendEvent::Sent { dest, name } => eprintln!("tirpd: sent {name} to {dest}"),
+                        SendEvent::Retrying {
+                            dest,
+                            name,
+                            error,
+                            after,
+                        } => eprintln!(
+                            "tirpd: {name} to {dest}: {error}; retrying in {} s",
+                            after.as_secs()
+                        ),
+                        SendEvent::Refused { dest, name, error } => {
+                            eprintln!("tirpd: {name} refused by {dest}: {error}; kept in failed/")
+                        }
+                    }),
+                )
+                .into_iter()
+                .map(|h| ("outbox", h)),
+        );
+
+        // The dashboard; its status page reads the live counters of every service.
+        let history = 200;
+        let station_cell: Arc<std::sync::OnceLock<Arc<Station>>> = Arc::default();
+        let scp_stats: Arc<std::sync::OnceLock<ScpStatsHandle>> = Arc::default();
+        let dicom_label: Arc<std::sync::OnceLock<String>> = Arc::default();
+        let status = {
+            let (device, outbox, station_cell, scp_stats, dicom_label) = (
+                device.clone(),
+                outbox.clone(),
+                station_cell.clone(),
+                scp_stats.clone(),
+                dicom_label.clone(),
+            );
+            let board_id = board.id.clone();
+            Box::new(move || {
+                let mut v = StatusView {
+                    device_id: device.device_id().to_owned(),
+                    board: board_id.clone(),
+                    firmware_version: env!("CARGO_PKG_VERSION").to_owned(),
+                    dicom: dicom_label.get().cloned(),
+                    outbox_depth: outbox.depth(),
+                    uptime_s: started.elapsed().as_secs(),
+                    ..Default::default()
+                };
+                if let Some(st) = station_cell.get() {
+                    let (bundle, slot, backend) = st.engine_summary();
+                    (v.bundle, v.slot, v.backend) = (bundle, slot, backend);
+                    v.queue_depth = st.queue_depth();
+                    let (processed, failed, refused) = st.counters();
+                    v.extra.insert("processed".into(), processed.into());
+                    v.extra.insert("failed".into(), failed.into());
+                    v.extra.insert("refused_at_ingest".into(), refused.into());
+                }
+                v.extra.insert("outbox_failed".into(), outbox.failed().into());
+                if let Some(s) = scp_stats.get()
+                    && let Ok(j) = serde_json::to_value(s.snapshot())
+                {
+                    v.extra.insert("dicom".into(), j);
+                }
+                v
+            })
+        };
+        let dashboard = Arc::new(Dashboard::new(history, status));
+        let token = dashboard_token(&data_dir, args.token.take().or(file.token))?;
+        let http_addr = args
+            .http_addr
+            .or(file.http_addr)
+            .unwrap_or_else(|| "127.0.0.1:8080".parse().expect("valid address"));
+        let (http_bound, h) = dashboard::serve(
+            dashboard.clone(),
+            DashboardConfig {
+                addr: http_addr,
+                token: token.clone(),
+                history,
+            },
+            stop.clone(),
+        )
+        .with_context(|| format!("dashboard on {http_addr}"))?;
+        threads.push(("dashboard", h));
+
+        // The station: spool, worker, DICOM node, hot folder.
+        let default_bundle = args.bundle.take().or(file.bundle).or_else(|| {
+            let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/bundle");
+            shipped.join("ensemble.json").exists().then_some(shipped)
+        });
+        let station = Station::open(
+            StationConfig {
+                default_bundle,
+                engine: EngineOptions::for_board(&board),
+                min_free_bytes: args.min_free_mb.or(file.min_free_mb).unwrap_or(512) << 20,
+                software_version: format!("tirpd {}", env!("CARGO_PKG_VERSION")),
+            },
+            device.clone(),
+            outbox.clone(),
+            dashboard.clone(),
+            history,
+        )
+        .context("open the study spool")?;
+        let _ = station_cell.set(station.clone());
+        threads.push(("worker", station.spawn_worker(stop.clone())));
+        {
+            // Load the engine now rather than on the first study (it is ready before a
+            // station connects; the daemon is serving meanwhile).
+            let st = station.clone();
+            std::thread::spawn(move || {
+                if let Err(e) = st.load_engine() {
+                    eprintln!("tirpd: error: {e:#}");
+                }
+            });
+        }
+        let mut allow_ae: Vec<String> = args.allow_ae.iter().chain(&file.allow_ae).cloned().collect();
+        if args.demo.is_some() && !allow_ae.is_empty() {
+            allow_ae.push(DEMO_AE.into());
+        }
+        let scp_cfg = ScpConfig {
+            ae_title: ae_title.clone(),
+            allow_ae,
+            max_associations: args
+                .max_associations
+                .or(file.max_associations)
+                .unwrap_or(ScpConfig::default().max_associations),
+            ..ScpConfig::default()
+        };
+        let dicom_addr = SocketAddr::new(
+            args.dicom_addr
+                .or(file.dicom_addr)
+                .unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            args.dicom_port.or(file.dicom_port).unwrap_or(11112),
+        );
+        let scp = Scp::bind(dicom_addr, scp_cfg, station.clone())
+            .with_context(|| format!("DICOM node on {dicom_addr}"))?;
+        let dicom_bound = scp.local_addr();
+        let _ = scp_stats.set(scp.stats_handle());
+        let _ = dicom_label.set(format!("{ae_title}@{dicom_bound}"));
+        threads.push(("dicom", scp.spawn(stop.clone())));
+        if let Some(dir) = args.hot_folder.take().or(file.hot_folder) {
+            let hf = HotFolder::open(&dir)
+                .with_context(|| format!("hot folder {}", dir.display()))?;
+            threads.push(("hot folder", hf.spawn(station.clone(), stop.clone())));
+            println!("tirpd: hot folder {}", dir.display());
+        }
+
+        // The provisioning link.
+        let path = args
+            .serial
+            .take()
+            .or(file.serial)
+            .unwrap_or_else(|| board.serial.device.clone());
+        let baud = args.baud.or(file.baud).unwrap_or(board.serial.baud);
         let port = serial_service::open(&path, baud)?;
         let slots = device.info().slots;
         println!(
@@ -123,19 +421,86 @@ mod imp {
         );
         println!(
             "tirpd: active slot {}",
-            slots.active.map_or("none", |s| s.name())
+            slots.active.map_or("none (default bundle)", |s| s.name())
         );
-        // Scripts and tests find the port here (renamed into place: never seen half-written).
-        let tmp = data_dir.join("serial-port.tmp");
-        std::fs::write(&tmp, &port.host_path).context("write serial-port")?;
-        std::fs::rename(&tmp, data_dir.join("serial-port")).context("write serial-port")?;
+        println!("tirpd: DICOM {ae_title}@{dicom_bound}");
+        for d in &dests {
+            println!("tirpd: results to {d}");
+        }
+        let host = if http_bound.ip().is_unspecified() {
+            "127.0.0.1".to_owned()
+        } else {
+            http_bound.ip().to_string()
+        };
+        println!(
+            "tirpd: dashboard http://{host}:{}/?token={token}",
+            http_bound.port()
+        );
+        // Scripts and tests find the ports here (renamed into place: never seen half-written).
+        for (name, value) in [
+            ("serial-port", port.host_path.clone()),
+            ("dicom-port", dicom_bound.port().to_string()),
+            ("http-port", http_bound.port().to_string()),
+        ] {
+            let tmp = data_dir.join(format!("{name}.tmp"));
+            std::fs::write(&tmp, &value).with_context(|| format!("write {name}"))?;
+            std::fs::rename(&tmp, data_dir.join(name)).with_context(|| format!("write {name}"))?;
+        }
         let serial = serial_service::spawn(device.clone(), port, path, baud, stop.clone());
-        match serial.join() {
+        println!(
+            "tirpd: ready in {:.0} ms",
+            started.elapsed().as_secs_f64() * 1e3
+        );
+        if let Some(dir) = args.demo.take() {
+            let target = Destination {
+                ae_title: ae_title.clone(),
+                host: "127.0.0.1".into(),
+                port: dicom_bound.port(),
+            };
+            std::thread::spawn(move || demo(&dir, &target));
+        }
+        let serial_result = serial.join();
+        stop.store(true, Ordering::Relaxed);
+        for (name, h) in threads {
+            if h.join().is_err() {
+                eprintln!("tirpd: the {name} thread panicked");
+            }
+        }
+        match serial_result {
             Ok(Ok(())) => {}
             Ok(Err(e)) => bail!("serial service: {e}"),
             Err(_) => bail!("serial service panicked"),
         }
         eprintln!("tirpd: stopped");
         Ok(())
+    }
+
+    /// Sends every DICOM file under `dir` to this daemon, as a station would.
+    fn demo(dir: &std::path::Path, target: &Destination) {
+        let mut files = Vec::new();
+        let mut stack = vec![dir.to_owned()];
+        while let Some(d) = stack.pop() {
+            let rd = match std::fs::read_dir(&d) {
+                Ok(rd) => rd,
+                Err(e) => {
+                    eprintln!("tirpd: demo: {}: {e}", d.display());
+                    return;
+                }
+            };
+            for p in rd.filter_map(|e| e.ok().map(|e| e.path())) {
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|x| x.eq_ignore_ascii_case("dcm")) {
+                    files.push(p);
+                }
+            }
+        }
+        files.sort();
+        println!("tirpd: demo: sending {} studies from {}", files.len(), dir.display());
+        for f in files {
+            if let Err(e) = scu::store_file(DEMO_AE, target, &f, Duration::from_secs(30)) {
+                eprintln!("tirpd: demo: {}: {e}", f.display());
+            }
+        }
     }
 }

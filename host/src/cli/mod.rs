@@ -5,6 +5,7 @@ pub mod bundle;
 pub mod cohort;
 pub mod device;
 pub mod predict;
+pub mod station;
 pub mod train;
 
 /// Global output settings shared by every subcommand.

@@ -11,23 +11,11 @@ use dicom_core::value::DataSetSequence;
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
-use sha2::{Digest, Sha256};
 
 /// The cohort's acquisition date; fixed so that files are reproducible.
 const STUDY_DATE: &str = "20260101";
 
-/// A `2.25.<decimal>` UID (ISO/IEC 9834-8 UUID-derived form) from a hash of `parts`.
-pub fn uid(parts: &[&str]) -> String {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update(p.as_bytes());
-        h.update([0u8]);
-    }
-    let d = h.finalize();
-    let mut b = [0u8; 16];
-    b.copy_from_slice(&d[..16]);
-    format!("2.25.{}", u128::from_be_bytes(b))
-}
+pub use tirp_firmware::dicom::results::uid;
 
 /// DICOM Body Part Examined for a lesion site.
 pub fn body_part(site: Site) -> &'static str {

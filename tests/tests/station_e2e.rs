@@ -1,0 +1,318 @@
+//! `tirpd` at the DR station with real DICOM tools (dcmtk, dicom3tools): synthetic DX
+//! studies in by `storescu`, flag on the dashboard API, Secondary Capture and SRs out to a
+//! dcmtk `storescp`, refusals that name the problem, and no study lost or processed twice
+//! across a SIGKILL, a dead destination, or eight stations sending at once.
+#![cfg(unix)]
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+use tirp_e2e::{StationDaemon, StoreScp, bin, free_port, have};
+use tirp_firmware::devlog::{DevLog, LogEntry, LogOptions};
+
+fn tools() -> bool {
+    for t in ["storescu", "storescp", "echoscu", "dcmcrle", "dcmcjpeg", "img2dcm", "dciodvfy"] {
+        if !have(t) {
+            eprintln!("skipped: {t} not installed (apt-get install dcmtk dicom3tools)");
+            return false;
+        }
+    }
+    true
+}
+
+/// A synthetic DX cohort; returns its DICOM files, sorted.
+fn cohort(dir: &Path, patients: usize, seed: u64) -> Vec<PathBuf> {
+    let o = Command::new(bin("tirp"))
+        .args(["cohort", "generate", "--format", "dicom", "--out"])
+        .arg(dir)
+        .args(["--patients", &patients.to_string(), "--seed", &seed.to_string()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut files = Vec::new();
+    for c in std::fs::read_dir(dir.join("images")).unwrap() {
+        for f in std::fs::read_dir(c.unwrap().path()).unwrap() {
+            files.push(f.unwrap().path());
+        }
+    }
+    files.sort();
+    files
+}
+
+fn run(cmd: &str, args: &[&str], files: &[&Path]) -> Output {
+    Command::new(cmd).args(args).args(files).output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn storescu(port: u16, extra: &[&str], files: &[&Path]) -> Output {
+    let p = port.to_string();
+    let mut args = vec!["-aet", "DRSTATION", "-aec", "TIRPD"];
+    args.extend_from_slice(extra);
+    args.extend(["127.0.0.1", p.as_str()]);
+    run("storescu", &args, files)
+}
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !done() {
+        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn studies(d: &StationDaemon) -> Vec<Value> {
+    let (status, body) = d.get("/api/studies");
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v.as_array()
+        .or_else(|| v["studies"].as_array())
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn results(data: &Path) -> usize {
+    std::fs::read_dir(data.join("spool/results"))
+        .map(|rd| {
+            rd.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "json"))
+            })
+            .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Inference records in the device log (read after the daemon stopped).
+fn logged_inferences(data: &Path) -> usize {
+    let log = DevLog::open(&data.join("log"), LogOptions::default()).unwrap();
+    let mut n = 0;
+    let mut since = 1;
+    loop {
+        let page = log.read_since(since, 10_000, 1 << 26).unwrap();
+        n += page
+            .records
+            .iter()
+            .filter(|r| {
+                matches!(
+                    serde_json::from_slice::<LogEntry>(&r.payload),
+                    Ok(LogEntry::Inference(_))
+                )
+            })
+            .count();
+        if !page.more {
+            return n;
+        }
+        since = page.next_seq;
+    }
+}
+
+/// Every word that identifies a synthetic patient in `files`.
+fn patient_words(files: &[PathBuf]) -> Vec<String> {
+    let mut v: Vec<String> = files
+        .iter()
+        .map(|f| {
+            f.file_stem()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .split('_')
+                .next()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    v.push("SYNTHETIC".into());
+    v.sort();
+    v.dedup();
+    v
+}
+
+#[test]
+fn a_dr_station_gets_flags_heat_maps_and_dicom_results() {
+    if !tools() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut files = cohort(&tmp.path().join("cohort"), 20, 11);
+    files.truncate(6);
+    // Compressed variants of the first two images (new SOP instances, same pixels).
+    let rle = tmp.path().join("rle.dcm");
+    let jpl = tmp.path().join("jpeg-lossless.dcm");
+    let o = run("dcmcrle", &["+ug"], &[&files[0], &rle]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run("dcmcjpeg", &["+e1", "+ug"], &[&files[1], &jpl]);
+    assert!(o.status.success(), "{}", text(&o));
+    let station = StoreScp::start("STATION", free_port(), &tmp.path().join("station"));
+    let dest = format!("STATION@127.0.0.1:{}", station.port);
+    let data = tmp.path().join("tirpd");
+    let d = StationDaemon::start(&data, &["--allow-ae", "DRSTATION", "--dest", &dest]);
+    let port = d.dicom_port.to_string();
+
+    // C-ECHO: accepted for the allowed station, rejected for others, by reason.
+    let o = run("echoscu", &["-aet", "DRSTATION", "-aec", "TIRPD", "127.0.0.1", &port], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run("echoscu", &["-aet", "INTRUDER", "-aec", "TIRPD", "127.0.0.1", &port], &[]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("Calling AE Title Not Recognized"), "{}", text(&o));
+    let o = run("echoscu", &["-aet", "DRSTATION", "-aec", "WRONG", "127.0.0.1", &port], &[]);
+    assert!(text(&o).contains("Called AE Title Not Recognized"), "{}", text(&o));
+
+    // C-STORE of uncompressed, RLE and JPEG lossless images: success.
+    let plain: Vec<&Path> = files[2..].iter().map(PathBuf::as_path).collect();
+    let o = storescu(d.dicom_port, &[], &plain);
+    assert!(o.status.success() && !text(&o).contains("Error"), "{}", text(&o));
+    let o = storescu(d.dicom_port, &["-xr"], &[&rle]);
+    assert!(o.status.success() && !text(&o).contains("Error"), "{}", text(&o));
+    let o = storescu(d.dicom_port, &["-xs"], &[&jpl]);
+    assert!(o.status.success() && !text(&o).contains("Error"), "{}", text(&o));
+    let sent = plain.len() + 2;
+
+    // A colour photo, a malformed file and an unknown SOP class: clear refusals.
+    let jpg = tmp.path().join("photo.jpg");
+    let mut rgb = image::RgbImage::new(64, 64);
+    for (x, y, p) in rgb.enumerate_pixels_mut() {
+        *p = image::Rgb([(x * 4) as u8, (y * 4) as u8, 200]);
+    }
+    rgb.save(&jpg).unwrap();
+    let colour = tmp.path().join("colour.dcm");
+    let o = run("img2dcm", &[], &[&jpg, &colour]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = storescu(d.dicom_port, &["-xy"], &[&colour]);
+    let t = text(&o);
+    assert!(t.contains("Error") || !o.status.success(), "colour accepted: {t}");
+    let ct = tmp.path().join("ct.dcm");
+    std::fs::copy(&files[2], &ct).unwrap();
+    let o = run(
+        "dcmodify",
+        &["-nb", "-m", "SOPClassUID=1.2.840.10008.5.1.4.1.1.2", "-m", "(0002,0002)=1.2.840.10008.5.1.4.1.1.2"],
+        &[&ct],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = storescu(d.dicom_port, &[], &[&ct]);
+    assert!(!o.status.success() || text(&o).contains("Error"), "CT accepted: {}", text(&o));
+    let broken = tmp.path().join("broken.dcm");
+    let bytes = std::fs::read(&files[2]).unwrap();
+    std::fs::write(&broken, &bytes[..bytes.len() / 2]).unwrap();
+    let _ = storescu(d.dicom_port, &[], &[&broken]);
+    // ...and the daemon keeps serving.
+    let o = run("echoscu", &["-aet", "DRSTATION", "-aec", "TIRPD", "127.0.0.1", &port], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    // Flags on the dashboard; three result objects per study at the station.
+    wait_for("flags on the dashboard", Duration::from_secs(120), || {
+        studies(&d).iter().filter(|s| s["state"] == "done").count() >= sent
+    });
+    let shown = studies(&d);
+    for s in shown.iter().filter(|s| s["state"] == "done") {
+        let flag = s["flag"].as_str().unwrap();
+        assert!(flag.starts_with("suspected"), "{s}");
+        let p = s["probability"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&p), "{s}");
+        assert!(s["patient_id"].as_str().is_some_and(|id| id.starts_with('P')), "{s}");
+        let id = s["id"].as_str().unwrap();
+        let (status, png) = d.get(&format!("/api/studies/{id}/heatmap.png"));
+        assert_eq!(status, 200);
+        assert!(!png.is_empty());
+    }
+    let (status, _) = tirp_e2e::http_get(d.http_port, "/api/studies", None);
+    assert_eq!(status, 401, "the dashboard needs the token");
+    wait_for("results at the station", Duration::from_secs(60), || {
+        station.files().len() >= 3 * sent
+    });
+    let received = station.files();
+    assert_eq!(received.len(), 3 * sent, "{received:?}");
+    for f in &received {
+        let o = run("dciodvfy", &[], &[f]);
+        let t = text(&o);
+        let errors: Vec<&str> = t.lines().filter(|l| l.starts_with("Error")).collect();
+        assert!(errors.is_empty(), "{}: {t}", f.display());
+    }
+
+    // Patient identity never reaches the logs (stderr, device log).
+    let stop_ok = d.terminate();
+    assert!(stop_ok, "SIGTERM: clean exit");
+    let mut logs = std::fs::read_to_string(data.join("tirpd.stderr")).unwrap();
+    logs.push_str(&std::fs::read_to_string(data.join("tirpd.stdout")).unwrap());
+    for seg in std::fs::read_dir(data.join("log")).unwrap() {
+        logs.push_str(&String::from_utf8_lossy(&std::fs::read(seg.unwrap().path()).unwrap()));
+    }
+    for w in patient_words(&files) {
+        assert!(!logs.contains(&w), "{w} in the logs");
+    }
+    assert!(logs.contains("refused") || logs.contains("colour") || logs.contains("MONOCHROME"));
+}
+
+#[test]
+fn no_study_is_lost_or_processed_twice_across_a_crash_and_a_dead_destination() {
+    if !tools() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let files = cohort(&tmp.path().join("cohort"), 20, 12);
+    let pacs_port = free_port();
+    let dest = format!("PACS@127.0.0.1:{pacs_port}");
+    let data = tmp.path().join("tirpd");
+    // The PACS is down; the daemon is killed while it works through the queue.
+    let d = StationDaemon::start(&data, &["--dest", &dest]);
+    let all: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let o = storescu(d.dicom_port, &[], &all);
+    assert!(o.status.success() && !text(&o).contains("Error"), "{}", text(&o));
+    wait_for("a few results", Duration::from_secs(60), || results(&data) >= 3);
+    d.kill();
+    let done_before = results(&data);
+    assert!(done_before < files.len(), "killed too late to test anything");
+    // Back up: everything stored is processed, once; the results wait for the PACS.
+    let d = StationDaemon::start(&data, &["--dest", &dest]);
+    wait_for("every study processed", Duration::from_secs(120), || {
+        results(&data) >= files.len()
+    });
+    let pacs = StoreScp::start("PACS", pacs_port, &tmp.path().join("pacs"));
+    wait_for("results at the PACS", Duration::from_secs(90), || {
+        pacs.files().len() >= 3 * files.len()
+    });
+    assert!(d.terminate());
+    assert_eq!(results(&data), files.len());
+    assert_eq!(logged_inferences(&data), files.len(), "one log record per study");
+    assert_eq!(pacs.files().len(), 3 * files.len());
+}
+
+#[test]
+fn eight_stations_sending_at_once_lose_nothing() {
+    if !tools() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let files = cohort(&tmp.path().join("cohort"), 210, 13);
+    assert!(files.len() >= 400, "{}", files.len());
+    let data = tmp.path().join("tirpd");
+    let d = StationDaemon::start(&data, &[]);
+    let port = d.dicom_port;
+    let senders: Vec<_> = files[..400]
+        .chunks(50)
+        .map(|chunk| {
+            let chunk = chunk.to_vec();
+            std::thread::spawn(move || {
+                let refs: Vec<&Path> = chunk.iter().map(PathBuf::as_path).collect();
+                storescu(port, &[], &refs)
+            })
+        })
+        .collect();
+    for s in senders {
+        let o = s.join().unwrap();
+        assert!(o.status.success() && !text(&o).contains("Error"), "{}", text(&o));
+    }
+    wait_for("all 400 studies processed", Duration::from_secs(600), || {
+        results(&data) >= 400
+    });
+    assert!(d.terminate());
+    assert_eq!(results(&data), 400);
+    assert_eq!(logged_inferences(&data), 400);
+}
