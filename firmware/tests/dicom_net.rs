@@ -492,7 +492,7 @@ fn unknown_calling_ae_and_wrong_called_ae_are_rejected() {
 }
 
 #[test]
-fn storescu_uncompressed_rle_and_jpeg_lossless_arrive_intact() {
+fn storescu_uncompressed_rle_jpeg_lossless_and_deflated_arrive_intact() {
     require!("storescu", "dcmcrle", "dcmcjpeg");
     let dir = tempfile::tempdir().unwrap();
     let plain = make_dx(dir.path(), "plain.dcm", "2.25.1001001");
@@ -519,14 +519,22 @@ fn storescu_uncompressed_rle_and_jpeg_lossless_arrive_intact() {
         ok && out.contains("Received Store Response (Success)"),
         "{out}"
     );
+    // storescu deflates on the fly when told to propose Deflated Explicit VR LE.
+    let deflate_src = make_dx(dir.path(), "deflate-src.dcm", "2.25.1001004");
+    let (ok, out) = node.storescu("DRSTATION", &["-xd"], &[&deflate_src]);
+    assert!(
+        ok && out.contains("Received Store Response (Success)"),
+        "{out}"
+    );
     node.settle();
 
     let calls = node.calls();
-    assert_eq!(calls.len(), 3);
+    assert_eq!(calls.len(), 4);
     let expected = [
         ("2.25.1001001", None),
         ("2.25.1001002", Some(RLE_LOSSLESS)),
         ("2.25.1001003", Some(JPEG_LOSSLESS_SV1)),
+        ("2.25.1001004", Some(dicom::DEFLATED_EXPLICIT_VR_LE)),
     ];
     for ((inst, file), (uid, ts)) in calls.iter().zip(expected) {
         assert_eq!(inst.sop_instance_uid, uid);
@@ -568,7 +576,7 @@ fn storescu_uncompressed_rle_and_jpeg_lossless_arrive_intact() {
         assert_eq!(decoded.data(), &pixel_bytes()[..], "pixels of {uid} differ");
     }
     let s = node.stats();
-    assert_eq!((s.associations, s.stored, s.refused), (3, 3, 0), "{s:?}");
+    assert_eq!((s.associations, s.stored, s.refused), (4, 4, 0), "{s:?}");
 }
 
 #[test]
