@@ -450,11 +450,12 @@ struct Session<'a> {
     stored: u64,
 }
 
-/// Why an association ends early.
+/// How an association ends.
 enum Stop {
-    /// Protocol violation on our side of the contract: abort the association.
+    /// The peer broke the protocol: we send A-ABORT.
     Abort(String),
-    /// The socket failed (sending a response); nothing more to say to the peer.
+    /// It is over already (released, aborted by the peer, socket failed or timed out):
+    /// nothing more to send.
     Lost(String),
 }
 
