@@ -117,6 +117,30 @@ pub fn validate_ae_title(ae: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A dicom-ul error as text fit for a log: its `Display` of an unexpected PDU is the PDU's
+/// `Debug`, which for P-DATA would dump data set bytes (patient data), so PDUs are shown by
+/// their short description (type and byte counts) instead.
+pub(crate) fn describe_ul_error(e: &dicom_ul::association::Error) -> String {
+    use dicom_ul::association::Error as E;
+    match e {
+        E::UnexpectedPdu { pdu, .. } => format!("unexpected PDU {}", pdu.short_description()),
+        E::UnknownPdu { pdu, .. } => format!("unknown PDU {}", pdu.short_description()),
+        e => error_chain(e),
+    }
+}
+
+/// An error and its sources, `a: b: c`.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@
 
 use super::{
     IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES,
-    VERIFICATION_SOP_CLASS, trim_uid, uid_hash, validate_ae_title,
+    VERIFICATION_SOP_CLASS, describe_ul_error, error_chain, trim_uid, uid_hash, validate_ae_title,
 };
 use dicom_core::{DataElement, PrimitiveValue, VR, dicom_value};
 use dicom_dictionary_std::tags;
@@ -450,11 +450,12 @@ struct Session<'a> {
     stored: u64,
 }
 
-/// Why an association ends early.
+/// How an association ends.
 enum Stop {
-    /// Protocol violation on our side of the contract: abort the association.
+    /// The peer broke the protocol: we send A-ABORT.
     Abort(String),
-    /// The socket failed (sending a response); nothing more to say to the peer.
+    /// It is over already (released, aborted by the peer, socket failed or timed out):
+    /// nothing more to send.
     Lost(String),
 }
 
@@ -505,8 +506,9 @@ fn serve_association(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
         Err(e) => {
             counters.rejected.fetch_add(1, Ordering::Relaxed);
             eprintln!(
-                "dicom-scp: association from {} failed to establish: {e}",
-                peer.ip()
+                "dicom-scp: association from {} failed to establish: {}",
+                peer.ip(),
+                describe_ul_error(&e)
             );
             return;
         }
@@ -561,7 +563,7 @@ fn serve_association(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
             Ok(pdu) => {
                 break Stop::Abort(format!("unexpected PDU {}", pdu.short_description()));
             }
-            Err(e) => break Stop::Lost(format!("connection lost: {e}")),
+            Err(e) => break Stop::Lost(format!("connection lost: {}", describe_ul_error(&e))),
         }
     };
     let partial = match &session.pending {
@@ -861,7 +863,7 @@ fn send_command(
                 data,
             }],
         })
-        .map_err(|e| Stop::Lost(format!("cannot send response: {e}")))
+        .map_err(|e| Stop::Lost(format!("cannot send response: {}", describe_ul_error(&e))))
 }
 
 pub(crate) fn ui(tag: dicom_core::Tag, uid: &str) -> dicom_object::mem::InMemElement {
@@ -909,17 +911,6 @@ fn short_class(uid: &str) -> &str {
         VERIFICATION_SOP_CLASS => "Verification",
         other => other,
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(" <- ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

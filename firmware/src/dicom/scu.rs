@@ -7,7 +7,7 @@
 //! permanent [`ScuError::NoPresentationContext`].
 
 use super::scp::{get_u16, ui, us};
-use super::{EXPLICIT_VR_LE, IMPLICIT_VR_LE, trim_uid, validate_ae_title};
+use super::{EXPLICIT_VR_LE, IMPLICIT_VR_LE, describe_ul_error, trim_uid, validate_ae_title};
 use dicom_dictionary_std::tags;
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_object::{FileMetaTable, InMemDicomObject};
@@ -477,7 +477,7 @@ fn ul_error(dest: &str, e: dicom_ul::association::Error) -> ScuError {
             reason: association_rj.source.to_string(),
         },
         e => {
-            let reason = chain(&e);
+            let reason = describe_ul_error(&e);
             let io = matches!(
                 e,
                 E::Timeout { .. }
@@ -510,17 +510,6 @@ fn has_io_source(e: &(dyn std::error::Error + 'static)) -> bool {
         cur = c.source();
     }
     false
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]
