@@ -121,7 +121,10 @@ impl StoreScp {
             .expect("spawn storescp");
         let t0 = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(t0.elapsed() < Duration::from_secs(10), "storescp did not start");
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "storescp did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         StoreScp {
@@ -222,7 +225,10 @@ impl StationDaemon {
                     std::fs::read_to_string(data.join("tirpd.stderr")).unwrap_or_default()
                 );
             }
-            assert!(t0.elapsed() < Duration::from_secs(30), "tirpd did not start");
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "tirpd did not start"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -286,7 +292,10 @@ pub fn http_get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_owned()

@@ -24,14 +24,14 @@ mod imp {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::{Duration, Instant};
+    use tirp_firmware::board::BoardProfile;
     use tirp_firmware::daemon::dashboard::{self, Dashboard, DashboardConfig, StatusView};
     use tirp_firmware::daemon::hotfolder::HotFolder;
     use tirp_firmware::daemon::outbox::{Outbox, SendEvent};
+    use tirp_firmware::daemon::serial_service;
     use tirp_firmware::daemon::station::{Station, StationConfig};
     use tirp_firmware::dicom::scp::{Scp, ScpConfig, ScpStatsHandle};
     use tirp_firmware::dicom::scu::{self, Destination};
-    use tirp_firmware::board::BoardProfile;
-    use tirp_firmware::daemon::serial_service;
     use tirp_firmware::engine::EngineOptions;
     use tirp_firmware::health::GoldenInferenceCheck;
     use tirp_firmware::provision::{Device, DeviceConfig};
@@ -310,7 +310,8 @@ mod imp {
                     v.extra.insert("failed".into(), failed.into());
                     v.extra.insert("refused_at_ingest".into(), refused.into());
                 }
-                v.extra.insert("outbox_failed".into(), outbox.failed().into());
+                v.extra
+                    .insert("outbox_failed".into(), outbox.failed().into());
                 if let Some(s) = scp_stats.get()
                     && let Ok(j) = serde_json::to_value(s.snapshot())
                 {
@@ -367,7 +368,12 @@ mod imp {
                 }
             });
         }
-        let mut allow_ae: Vec<String> = args.allow_ae.iter().chain(&file.allow_ae).cloned().collect();
+        let mut allow_ae: Vec<String> = args
+            .allow_ae
+            .iter()
+            .chain(&file.allow_ae)
+            .cloned()
+            .collect();
         if args.demo.is_some() && !allow_ae.is_empty() {
             allow_ae.push(DEMO_AE.into());
         }
@@ -393,8 +399,8 @@ mod imp {
         let _ = dicom_label.set(format!("{ae_title}@{dicom_bound}"));
         threads.push(("dicom", scp.spawn(stop.clone())));
         if let Some(dir) = args.hot_folder.take().or(file.hot_folder) {
-            let hf = HotFolder::open(&dir)
-                .with_context(|| format!("hot folder {}", dir.display()))?;
+            let hf =
+                HotFolder::open(&dir).with_context(|| format!("hot folder {}", dir.display()))?;
             threads.push(("hot folder", hf.spawn(station.clone(), stop.clone())));
             println!("tirpd: hot folder {}", dir.display());
         }
@@ -496,7 +502,11 @@ mod imp {
             }
         }
         files.sort();
-        println!("tirpd: demo: sending {} studies from {}", files.len(), dir.display());
+        println!(
+            "tirpd: demo: sending {} studies from {}",
+            files.len(),
+            dir.display()
+        );
         for f in files {
             if let Err(e) = scu::store_file(DEMO_AE, target, &f, Duration::from_secs(30)) {
                 eprintln!("tirpd: demo: {}: {e}", f.display());

@@ -108,10 +108,13 @@ impl HotFolder {
         };
         let dest = free_name(&self.dir.join(sub), &name);
         if let Some(r) = &reason {
-            let _ = std::fs::write(dest.with_file_name(format!(
-                "{}.reason.txt",
-                dest.file_name().unwrap_or_default().to_string_lossy()
-            )), format!("{r}\n"));
+            let _ = std::fs::write(
+                dest.with_file_name(format!(
+                    "{}.reason.txt",
+                    dest.file_name().unwrap_or_default().to_string_lossy()
+                )),
+                format!("{r}\n"),
+            );
             eprintln!("tirpd: hot folder: refused a file: {r}");
         }
         if let Err(e) = std::fs::rename(path, &dest) {
@@ -120,7 +123,11 @@ impl HotFolder {
     }
 
     /// Polls until `stop` is set.
-    pub fn spawn(mut self, station: Arc<Station>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    pub fn spawn(
+        mut self,
+        station: Arc<Station>,
+        stop: Arc<AtomicBool>,
+    ) -> std::thread::JoinHandle<()> {
         std::thread::Builder::new()
             .name("hot folder".into())
             .spawn(move || {
@@ -141,7 +148,13 @@ mod tests {
 
     #[test]
     fn partial_and_hidden_names_are_never_taken() {
-        for n in [".x.dcm", "a.dcm.tmp", "a.PART", "b.partial", "a.dcm.reason.txt"] {
+        for n in [
+            ".x.dcm",
+            "a.dcm.tmp",
+            "a.PART",
+            "b.partial",
+            "a.dcm.reason.txt",
+        ] {
             assert!(skipped(n), "{n}");
         }
         assert!(!skipped("IM0001.dcm"));

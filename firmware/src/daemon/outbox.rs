@@ -22,9 +22,21 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// What happened to an object, for the daemon's log (no patient data).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendEvent {
-    Sent { dest: String, name: String },
-    Retrying { dest: String, name: String, error: String, after: Duration },
-    Refused { dest: String, name: String, error: String },
+    Sent {
+        dest: String,
+        name: String,
+    },
+    Retrying {
+        dest: String,
+        name: String,
+        error: String,
+        after: Duration,
+    },
+    Refused {
+        dest: String,
+        name: String,
+        error: String,
+    },
 }
 
 struct Queue {
@@ -45,7 +57,13 @@ pub struct Outbox {
 fn dest_dir_name(d: &Destination) -> String {
     format!("{}@{}_{}", d.ae_title, d.host, d.port)
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "@._-".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "@._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -110,15 +128,20 @@ impl Outbox {
         for q in &self.queues {
             // The same object already waiting (a crash before the commit): replace, not add.
             for p in list(&q.dir) {
-                if p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.split_once('-').is_some_and(|(_, rest)| rest == format!("{name}.dcm")))
-                {
+                if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    n.split_once('-')
+                        .is_some_and(|(_, rest)| rest == format!("{name}.dcm"))
+                }) {
                     let _ = std::fs::remove_file(&p);
                 }
             }
             let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-            write_durably(&self.root.join("tmp"), &q.dir, &format!("{seq:012}-{name}.dcm"), file)?;
+            write_durably(
+                &self.root.join("tmp"),
+                &q.dir,
+                &format!("{seq:012}-{name}.dcm"),
+                file,
+            )?;
             let (lock, cv) = &q.wake;
             *lock.lock().expect("outbox lock") += 1;
             cv.notify_all();
@@ -149,7 +172,8 @@ impl Outbox {
         self.queues
             .iter()
             .map(|q| {
-                let (q, me, stop, on_event) = (q.clone(), self.clone(), stop.clone(), on_event.clone());
+                let (q, me, stop, on_event) =
+                    (q.clone(), self.clone(), stop.clone(), on_event.clone());
                 std::thread::Builder::new()
                     .name(format!("outbox {}", q.dest))
                     .spawn(move || me.send_loop(&q, &stop, on_event.as_ref()))
@@ -158,7 +182,12 @@ impl Outbox {
             .collect()
     }
 
-    fn send_loop(&self, q: &Queue, stop: &AtomicBool, on_event: &(dyn Fn(SendEvent) + Send + Sync)) {
+    fn send_loop(
+        &self,
+        q: &Queue,
+        stop: &AtomicBool,
+        on_event: &(dyn Fn(SendEvent) + Send + Sync),
+    ) {
         let mut backoff = FIRST_BACKOFF;
         let dest = q.dest.to_string();
         while !stop.load(Ordering::Relaxed) {
@@ -181,7 +210,10 @@ impl Outbox {
                 Ok(()) => {
                     let _ = std::fs::remove_file(&path);
                     backoff = FIRST_BACKOFF;
-                    on_event(SendEvent::Sent { dest: dest.clone(), name });
+                    on_event(SendEvent::Sent {
+                        dest: dest.clone(),
+                        name,
+                    });
                 }
                 Err(e) if e.is_transient() => {
                     on_event(SendEvent::Retrying {
@@ -235,7 +267,10 @@ mod tests {
     #[test]
     fn enqueued_objects_wait_durably_and_requeueing_replaces() {
         let dir = tempfile::tempdir().unwrap();
-        let dests: Vec<Destination> = vec!["A@127.0.0.1:1".parse().unwrap(), "B@127.0.0.1:2".parse().unwrap()];
+        let dests: Vec<Destination> = vec![
+            "A@127.0.0.1:1".parse().unwrap(),
+            "B@127.0.0.1:2".parse().unwrap(),
+        ];
         {
             let o = Outbox::open(dir.path(), "TIRPD", &dests, Duration::from_secs(1)).unwrap();
             o.enqueue("x-sc", b"one").unwrap();
@@ -248,9 +283,22 @@ mod tests {
         let files = list(&dir.path().join("A@127.0.0.1_1"));
         let names: Vec<String> = files
             .iter()
-            .map(|p| p.file_name().unwrap().to_str().unwrap().split_once('-').unwrap().1.to_owned())
+            .map(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .split_once('-')
+                    .unwrap()
+                    .1
+                    .to_owned()
+            })
             .collect();
-        assert_eq!(names, ["x-sr.dcm", "x-sc.dcm"], "the replaced object goes to the back");
+        assert_eq!(
+            names,
+            ["x-sr.dcm", "x-sc.dcm"],
+            "the replaced object goes to the back"
+        );
         assert_eq!(std::fs::read(&files[1]).unwrap(), b"one again");
         o.enqueue("y-sc", b"three").unwrap();
         let last = list(&dir.path().join("B@127.0.0.1_2")).pop().unwrap();

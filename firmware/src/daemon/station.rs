@@ -184,7 +184,11 @@ impl Station {
         let l = self.loaded.lock().expect("engine lock");
         match l.as_ref() {
             Some(l) => (
-                Some(format!("{} {}", l.engine.spec().name, l.engine.spec().version)),
+                Some(format!(
+                    "{} {}",
+                    l.engine.spec().name,
+                    l.engine.spec().version
+                )),
                 Some(l.slot.clone().unwrap_or_else(|| "default".into())),
                 Some(l.engine.backend().to_owned()),
             ),
@@ -289,7 +293,8 @@ impl Station {
             received_unix_ms: meta.received_unix_ms,
             done_unix_ms: None,
             state: StudyState::Queued,
-            patient_name: text(obj, tags::PATIENT_NAME).map(|n| n.replace('^', " ").trim().to_owned()),
+            patient_name: text(obj, tags::PATIENT_NAME)
+                .map(|n| n.replace('^', " ").trim().to_owned()),
             patient_id: text(obj, tags::PATIENT_ID),
             accession: text(obj, tags::ACCESSION_NUMBER),
             body_part: text(obj, tags::BODY_PART_EXAMINED),
@@ -352,10 +357,10 @@ impl Station {
                     view: view.clone(),
                     inference: Some(inference.clone()),
                 };
-                if let Err(e) = self
-                    .spool
-                    .commit(id, &serde_json::to_vec_pretty(&rec).expect("record serialises"))
-                {
+                if let Err(e) = self.spool.commit(
+                    id,
+                    &serde_json::to_vec_pretty(&rec).expect("record serialises"),
+                ) {
                     // Not committed: it stays in incoming/ and is processed after a restart.
                     eprintln!("tirpd: study {}: cannot record the result: {e}", tag(id));
                     return;
@@ -383,19 +388,25 @@ impl Station {
                     view: view.clone(),
                     inference: None,
                 };
-                if let Err(e) = self
-                    .spool
-                    .fail(id, &serde_json::to_vec_pretty(&rec).expect("record serialises"))
-                {
+                if let Err(e) = self.spool.fail(
+                    id,
+                    &serde_json::to_vec_pretty(&rec).expect("record serialises"),
+                ) {
                     eprintln!("tirpd: study {}: cannot record the failure: {e}", tag(id));
                     return;
                 }
-                let _ = self.device.log_entry(&LogEntry::Event(crate::devlog::EventRecord::now(
-                    "study_failed",
-                    format!("study {}: {reason}", tag(id)),
-                )));
+                let _ = self
+                    .device
+                    .log_entry(&LogEntry::Event(crate::devlog::EventRecord::now(
+                        "study_failed",
+                        format!("study {}: {reason}", tag(id)),
+                    )));
                 self.failed.fetch_add(1, Ordering::Relaxed);
-                eprintln!("tirpd: study {} from {}: failed: {reason}", tag(id), meta.source);
+                eprintln!(
+                    "tirpd: study {} from {}: failed: {reason}",
+                    tag(id),
+                    meta.source
+                );
                 self.dashboard.publish(view, None);
             }
         }
@@ -412,12 +423,20 @@ impl Station {
         let (engine, bundle_id, bundle_sha256) = {
             let l = self.loaded.lock().expect("engine lock");
             let l = l.as_ref().expect("engine loaded before run");
-            (l.engine.clone(), l.bundle_id.clone(), l.bundle_sha256.clone())
+            (
+                l.engine.clone(),
+                l.bundle_id.clone(),
+                l.bundle_sha256.clone(),
+            )
         };
         let decoded = radiograph::decode_dicom_object(obj)?;
         let decode_ms = t.elapsed().as_secs_f64() * 1e3;
         let mut clinical = ClinicalInput::default();
-        let from_dicom = decoded.dicom.as_ref().map(|h| clinical.fill_from(h)).unwrap_or_default();
+        let from_dicom = decoded
+            .dicom
+            .as_ref()
+            .map(|h| clinical.fill_from(h))
+            .unwrap_or_default();
         let mut p = engine.predict(&decoded.image, None, clinical, Explain::GradCam)?;
         p.clinical.from_dicom = from_dicom;
         p.timings.decode_ms = decode_ms;
@@ -480,7 +499,11 @@ impl Station {
 
 impl InstanceSink for Station {
     fn store(&self, instance: &ReceivedInstance, file: &[u8]) -> Result<(), SinkError> {
-        self.accept(file, &format!("dicom:{}", instance.calling_ae), instance.started)
-            .map(|_| ())
+        self.accept(
+            file,
+            &format!("dicom:{}", instance.calling_ae),
+            instance.started,
+        )
+        .map(|_| ())
     }
 }

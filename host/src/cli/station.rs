@@ -85,7 +85,10 @@ fn dicom_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
                     let path = e?.path();
                     if path.is_dir() {
                         stack.push(path);
-                    } else if path.extension().is_some_and(|x| x.eq_ignore_ascii_case("dcm")) {
+                    } else if path
+                        .extension()
+                        .is_some_and(|x| x.eq_ignore_ascii_case("dcm"))
+                    {
                         v.push(path);
                     }
                 }
@@ -112,7 +115,13 @@ fn send(to: &str, ae: &str, paths: &[PathBuf], out: &Output) -> Result<()> {
     }
     out.emit(
         &serde_json::json!({"sent": files.len() - failed.len(), "failed": failed}),
-        || format!("sent {} of {} files to {dest}", files.len() - failed.len(), files.len()),
+        || {
+            format!(
+                "sent {} of {} files to {dest}",
+                files.len() - failed.len(),
+                files.len()
+            )
+        },
     );
     if !failed.is_empty() {
         bail!("{} files were not stored", failed.len());
@@ -192,7 +201,10 @@ fn bench(a: BenchArgs, out: &Output) -> Result<()> {
         format: ImageFormat::Dicom,
         ..CohortConfig::default()
     };
-    eprintln!("rendering {} synthetic DX patients (seed {seed})", cfg.patients);
+    eprintln!(
+        "rendering {} synthetic DX patients (seed {seed})",
+        cfg.patients
+    );
     cohort::generate(&cfg, tmp.path(), &|_, _| {})?;
     let files = dicom_files(&[tmp.path().join("images")])?;
     if files.len() < wanted {
@@ -220,9 +232,7 @@ fn bench(a: BenchArgs, out: &Output) -> Result<()> {
         scu::store_file(&a.ae_title, &dest, f, Duration::from_secs(30))
             .with_context(|| format!("C-STORE {}", f.display()))?;
         loop {
-            let (got, at) = rx
-                .recv_timeout(timeout)
-                .context("no flag within 120 s")?;
+            let (got, at) = rx.recv_timeout(timeout).context("no flag within 120 s")?;
             if &got == id {
                 single.push((at - t0).as_secs_f64() * 1e3);
                 break;
@@ -245,7 +255,12 @@ fn bench(a: BenchArgs, out: &Output) -> Result<()> {
     let senders: Vec<_> = rest
         .chunks(a.per_station)
         .map(|chunk| {
-            let (chunk, stx, dest, ae) = (chunk.to_vec(), stx.clone(), dest.clone(), a.ae_title.clone());
+            let (chunk, stx, dest, ae) = (
+                chunk.to_vec(),
+                stx.clone(),
+                dest.clone(),
+                a.ae_title.clone(),
+            );
             std::thread::spawn(move || {
                 for (f, id) in chunk {
                     let t = Instant::now();
@@ -278,7 +293,11 @@ fn bench(a: BenchArgs, out: &Output) -> Result<()> {
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if last.elapsed() > timeout {
-                    bail!("no flag for 120 s: {} of {} done", done_at.len(), rest.len());
+                    bail!(
+                        "no flag for 120 s: {} of {} done",
+                        done_at.len(),
+                        rest.len()
+                    );
                 }
             }
             Err(e) => bail!("dashboard events ended: {e}"),
