@@ -1,8 +1,10 @@
-//! The DICOM node against real dcmtk tools (echoscu, storescu, storescp, dcmcjpeg, dcmcrle)
-//! and against dicom-ul clients that misbehave on purpose. Every image is synthetic.
+//! The DICOM node against real dcmtk tools (echoscu, storescu, storescp, dcmcjpeg, dcmcrle,
+//! img2dcm), OpenJPEG's opj_compress (dcmtk 3.6.7 has no JPEG 2000 encoder) and dicom-ul
+//! clients that misbehave on purpose. Every image is synthetic.
 //!
-//! A test whose dcmtk binary is missing prints why and passes without checking anything.
+//! A test whose external tool is missing prints why and passes without checking anything.
 
+use dicom_core::value::PixelFragmentSequence;
 use dicom_core::{DataElement, PrimitiveValue, VR, dicom_value};
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
@@ -22,7 +24,8 @@ use tirp_firmware::dicom::scp::{
 };
 use tirp_firmware::dicom::scu::{Destination, ScuError, store_file};
 use tirp_firmware::dicom::{
-    self, IMPLEMENTATION_CLASS_UID, JPEG_LOSSLESS_SV1, RLE_LOSSLESS, TRANSFER_SYNTAXES,
+    self, IMPLEMENTATION_CLASS_UID, JPEG_2000_LOSSLESS, JPEG_BASELINE, JPEG_LOSSLESS_SV1,
+    RLE_LOSSLESS, TRANSFER_SYNTAXES,
 };
 
 const DX: &str = uids::DIGITAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION;
@@ -30,12 +33,13 @@ const CT: &str = uids::CT_IMAGE_STORAGE;
 const W: u16 = 256;
 const H: u16 = 256;
 
-/// Skips the calling test (prints why, returns) unless every named dcmtk tool is on PATH.
+/// Skips the calling test (prints why, returns) unless every named tool (dcmtk, opj_compress)
+/// is on PATH.
 macro_rules! require {
     ($($bin:expr),+) => {
         for bin in [$($bin),+] {
             if !on_path(bin) {
-                eprintln!("SKIPPED: dcmtk tool `{bin}` is not installed");
+                eprintln!("SKIPPED: tool `{bin}` is not installed");
                 return;
             }
         }
@@ -63,6 +67,25 @@ fn pixel_bytes() -> Vec<u8> {
 
 /// Writes a 256×256 MONOCHROME2 16-bit (12 stored) image of `sop_class` as explicit VR LE.
 fn make_image(path: &Path, sop_class: &str, sop_instance: &str) {
+    let mut obj = image_attributes(sop_class, sop_instance);
+    obj.put(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OW,
+        PrimitiveValue::U16(pixels().into()),
+    ));
+    let file = obj
+        .with_meta(
+            FileMetaTableBuilder::new()
+                .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
+                .media_storage_sop_class_uid(sop_class)
+                .media_storage_sop_instance_uid(sop_instance),
+        )
+        .unwrap();
+    file.write_to_file(path).unwrap();
+}
+
+/// Every attribute of [`make_image`]'s image but the Pixel Data.
+fn image_attributes(sop_class: &str, sop_instance: &str) -> InMemDicomObject {
     let mut obj = InMemDicomObject::new_empty();
     let mut put = |tag, vr, v: PrimitiveValue| obj.put(DataElement::new(tag, vr, v));
     put(tags::SOP_CLASS_UID, VR::UI, sop_class.into());
@@ -84,20 +107,7 @@ fn make_image(path: &Path, sop_class: &str, sop_instance: &str) {
     put(tags::BITS_STORED, VR::US, 12u16.into());
     put(tags::HIGH_BIT, VR::US, 11u16.into());
     put(tags::PIXEL_REPRESENTATION, VR::US, 0u16.into());
-    put(
-        tags::PIXEL_DATA,
-        VR::OW,
-        PrimitiveValue::U16(pixels().into()),
-    );
-    let file = obj
-        .with_meta(
-            FileMetaTableBuilder::new()
-                .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
-                .media_storage_sop_class_uid(sop_class)
-                .media_storage_sop_instance_uid(sop_instance),
-        )
-        .unwrap();
-    file.write_to_file(path).unwrap();
+    obj
 }
 
 fn make_dx(dir: &Path, name: &str, uid: &str) -> PathBuf {
@@ -1115,4 +1125,250 @@ fn logs_carry_no_patient_data() {
     for phi in ["SYNTHETIC", "SYN0001", "2.25."] {
         assert!(!joined.contains(phi), "{phi} in the log:\n{joined}");
     }
+}
+
+// ---------------------------------------------------------------- JPEG 2000 and JPEG baseline
+
+/// Writes [`pixels`] as a binary 16-bit PGM (big-endian samples, maxval 4095: 12 bits).
+fn write_pgm12(path: &Path) {
+    let mut pgm = format!("P5\n{W} {H}\n4095\n").into_bytes();
+    pgm.extend(pixels().iter().flat_map(|v| v.to_be_bytes()));
+    std::fs::write(path, pgm).unwrap();
+}
+
+/// [`pixels`] as a JPEG 2000 codestream from opj_compress (its default: one layer, reversible
+/// 5/3 wavelet, i.e. lossless).
+fn j2k_codestream(dir: &Path) -> Vec<u8> {
+    let pgm = dir.join("j2k-src.pgm");
+    let j2k = dir.join("j2k-src.j2k");
+    write_pgm12(&pgm);
+    let (ok, out) = dcmtk(
+        "opj_compress",
+        &["-i", pgm.to_str().unwrap(), "-o", j2k.to_str().unwrap()],
+    );
+    assert!(ok, "opj_compress failed: {out}");
+    let cs = std::fs::read(&j2k).unwrap();
+    // SOC then SIZ: a raw codestream, not a JP2 box file.
+    assert_eq!(&cs[..4], &[0xFF, 0x4F, 0xFF, 0x51], "not a J2K codestream");
+    cs
+}
+
+/// [`make_image`]'s DX image in JPEG 2000 Lossless Only (.4.90): encapsulated Pixel Data with
+/// an empty basic offset table item and one fragment holding `codestream`.
+fn make_j2k_dx(path: &Path, sop_instance: &str, codestream: &[u8]) {
+    let mut fragment = codestream.to_vec();
+    if fragment.len() % 2 == 1 {
+        fragment.push(0); // items have even length; a pad byte after EOC is allowed
+    }
+    let mut obj = image_attributes(DX, sop_instance);
+    obj.put(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OB,
+        PixelFragmentSequence::new_fragments(vec![fragment]),
+    ));
+    obj.put(DataElement::new(
+        tags::LOSSY_IMAGE_COMPRESSION,
+        VR::CS,
+        PrimitiveValue::from("00"),
+    ));
+    let file = obj
+        .with_meta(
+            FileMetaTableBuilder::new()
+                .transfer_syntax(JPEG_2000_LOSSLESS)
+                .media_storage_sop_class_uid(DX)
+                .media_storage_sop_instance_uid(sop_instance),
+        )
+        .unwrap();
+    file.write_to_file(path).unwrap();
+}
+
+fn ts_of(obj: &dicom_object::DefaultDicomObject) -> String {
+    obj.meta()
+        .transfer_syntax()
+        .trim_end_matches('\0')
+        .to_string()
+}
+
+/// The fragments of an encapsulated Pixel Data element (panics if it is native).
+fn fragments_of(obj: &InMemDicomObject) -> Vec<Vec<u8>> {
+    obj.element(tags::PIXEL_DATA)
+        .unwrap()
+        .value()
+        .fragments()
+        .expect("Pixel Data is not encapsulated")
+        .to_vec()
+}
+
+#[test]
+fn j2k_lossless_test_file_decodes_to_the_original_pixels() {
+    require!("opj_compress");
+    let dir = tempfile::tempdir().unwrap();
+    let cs = j2k_codestream(dir.path());
+    let f = dir.path().join("j2k.dcm");
+    make_j2k_dx(&f, "2.25.14001", &cs);
+
+    let obj = dicom_object::open_file(&f).unwrap();
+    assert_eq!(ts_of(&obj), JPEG_2000_LOSSLESS);
+    let px = obj.element(tags::PIXEL_DATA).unwrap().value();
+    assert_eq!(
+        px.offset_table(),
+        Some(&[][..]),
+        "one empty offset table item"
+    );
+    let frags = fragments_of(&obj);
+    assert_eq!(frags.len(), 1);
+    assert_eq!(&frags[0][..cs.len()], &cs[..]);
+    // Really compressed (the raw image is 128 KiB), and still lossless.
+    assert!(cs.len() < pixel_bytes().len() / 2, "{} bytes", cs.len());
+    let decoded = obj.decode_pixel_data().unwrap();
+    assert_eq!((decoded.rows(), decoded.columns()), (H as u32, W as u32));
+    assert_eq!(decoded.bits_stored(), 12);
+    assert_eq!(decoded.data(), &pixel_bytes()[..]);
+}
+
+#[test]
+fn storescu_j2k_lossless_arrives_intact() {
+    require!("storescu", "opj_compress");
+    let dir = tempfile::tempdir().unwrap();
+    let cs = j2k_codestream(dir.path());
+    let f = dir.path().join("j2k.dcm");
+    make_j2k_dx(&f, "2.25.14002", &cs);
+
+    let node = Node::allowing(&["DRSTATION"], Mode::Store);
+    let (ok, out) = node.storescu("DRSTATION", &["-xv"], &[&f]);
+    assert!(
+        ok && out.contains("Received Store Response (Success)"),
+        "{out}"
+    );
+    node.settle();
+    let calls = node.calls();
+    assert_eq!(calls.len(), 1);
+    let (inst, file) = &calls[0];
+    assert_eq!(inst.sop_instance_uid, "2.25.14002");
+    assert_eq!(inst.sop_class_uid, DX);
+    assert_eq!(inst.transfer_syntax, JPEG_2000_LOSSLESS);
+    let obj = open_received(dir.path(), file);
+    assert_eq!(ts_of(&obj), JPEG_2000_LOSSLESS);
+    assert_eq!(str_of(&obj, tags::PATIENT_NAME), "TEST^SYNTHETIC");
+    // Not transcoded on the way: the very codestream opj_compress wrote.
+    let frags = fragments_of(&obj);
+    assert_eq!(frags.len(), 1);
+    assert_eq!(&frags[0][..cs.len()], &cs[..]);
+    assert_eq!(obj.decode_pixel_data().unwrap().data(), &pixel_bytes()[..]);
+    let s = node.stats();
+    assert_eq!((s.associations, s.stored, s.refused), (1, 1, 0), "{s:?}");
+}
+
+#[test]
+fn store_file_j2k_reaches_dcmtk_storescp_still_in_j2k() {
+    require!("storescp", "opj_compress");
+    let dir = tempfile::tempdir().unwrap();
+    let cs = j2k_codestream(dir.path());
+    let f = dir.path().join("j2k.dcm");
+    make_j2k_dx(&f, "2.25.14003", &cs);
+
+    // +xv: storescp prefers J2K lossless (and still takes uncompressed).
+    let out = tempfile::tempdir().unwrap();
+    let pacs = DcmtkScp::start(out.path(), "+xv");
+    store_file("TIRPD", &pacs.dest(), &f, Duration::from_secs(10)).unwrap();
+    let files = received_files(out.path());
+    assert_eq!(files.len(), 1, "{files:?}");
+    let obj = dicom_object::open_file(&files[0]).unwrap();
+    assert_eq!(ts_of(&obj), JPEG_2000_LOSSLESS);
+    assert_eq!(str_of(&obj, tags::SOP_INSTANCE_UID), "2.25.14003");
+    let frags = fragments_of(&obj);
+    assert_eq!(frags.len(), 1);
+    assert_eq!(&frags[0][..cs.len()], &cs[..]);
+    assert_eq!(obj.decode_pixel_data().unwrap().data(), &pixel_bytes()[..]);
+    drop(pacs);
+
+    // Uncompressed only: no transcoding, a permanent failure.
+    let out2 = tempfile::tempdir().unwrap();
+    let pacs = DcmtkScp::start(out2.path(), "");
+    let e = store_file("TIRPD", &pacs.dest(), &f, Duration::from_secs(10)).unwrap_err();
+    assert!(matches!(e, ScuError::NoPresentationContext { .. }), "{e}");
+    assert!(!e.is_transient());
+    assert!(received_files(out2.path()).is_empty());
+}
+
+/// An 8-bit greyscale image smooth enough for baseline JPEG to keep close.
+fn pixels8() -> Vec<u8> {
+    (0..H as u32)
+        .flat_map(|y| {
+            (0..W as u32).map(move |x| {
+                let ring = ((x as f32 - 128.0).hypot(y as f32 - 128.0) / 12.0).sin();
+                (40.0 + x as f32 * 0.5 + y as f32 * 0.2 + 30.0 * ring) as u8
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn storescu_jpeg_baseline_8bit_arrives_close_to_the_source() {
+    require!("storescu", "img2dcm");
+    let dir = tempfile::tempdir().unwrap();
+    let src = pixels8();
+    let jpg = dir.path().join("grey.jpg");
+    let mut bytes = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90)
+        .encode(&src, W as u32, H as u32, image::ExtendedColorType::L8)
+        .unwrap();
+    std::fs::write(&jpg, &bytes).unwrap();
+    // img2dcm wraps the JPEG as it is (no re-encoding) into Secondary Capture, .4.50.
+    let sc = dir.path().join("sc.dcm");
+    let (ok, out) = dcmtk(
+        "img2dcm",
+        &[
+            "-k",
+            "PatientName=TEST^SYNTHETIC",
+            "-k",
+            "PatientID=SYN0001",
+            jpg.to_str().unwrap(),
+            sc.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "img2dcm failed: {out}");
+    let sent = dicom_object::open_file(&sc).unwrap();
+    assert_eq!(ts_of(&sent), JPEG_BASELINE);
+    assert_eq!(str_of(&sent, tags::SOP_CLASS_UID), dicom::SECONDARY_CAPTURE);
+    let uid = str_of(&sent, tags::SOP_INSTANCE_UID);
+    let sent_frags = fragments_of(&sent);
+
+    let node = Node::allowing(&["DRSTATION"], Mode::Store);
+    let (ok, out) = node.storescu("DRSTATION", &["-xy"], &[&sc]);
+    assert!(
+        ok && out.contains("Received Store Response (Success)"),
+        "{out}"
+    );
+    node.settle();
+    let calls = node.calls();
+    assert_eq!(calls.len(), 1);
+    let (inst, file) = &calls[0];
+    assert_eq!(inst.sop_instance_uid, uid);
+    assert_eq!(inst.sop_class_uid, dicom::SECONDARY_CAPTURE);
+    assert_eq!(inst.transfer_syntax, JPEG_BASELINE);
+    let obj = open_received(dir.path(), file);
+    assert_eq!(ts_of(&obj), JPEG_BASELINE);
+    assert_eq!(str_of(&obj, tags::PATIENT_NAME), "TEST^SYNTHETIC");
+    assert_eq!(
+        fragments_of(&obj),
+        sent_frags,
+        "JPEG data changed in transit"
+    );
+    let decoded = obj.decode_pixel_data().unwrap();
+    assert_eq!((decoded.rows(), decoded.columns()), (H as u32, W as u32));
+    assert_eq!(decoded.bits_allocated(), 8);
+    let got = decoded.data();
+    assert_eq!(got.len(), src.len());
+    let diffs: Vec<u32> = got
+        .iter()
+        .zip(&src)
+        .map(|(a, b)| (*a as i32 - *b as i32).unsigned_abs())
+        .collect();
+    let max = *diffs.iter().max().unwrap();
+    let mean = diffs.iter().sum::<u32>() as f64 / diffs.len() as f64;
+    // Lossy, but close: quality 90 on a smooth image (measured: mean 0.24, max 2).
+    assert!(mean < 1.0 && max <= 8, "mean |diff| {mean:.2}, max {max}");
+    let s = node.stats();
+    assert_eq!((s.associations, s.stored, s.refused), (1, 1, 0), "{s:?}");
 }
