@@ -160,6 +160,8 @@ pub struct StationDaemon {
     pub http_port: u16,
     pub token: String,
     pub stdout: PathBuf,
+    /// The provisioning link's pseudo-terminal.
+    pub serial: String,
 }
 
 pub const TEST_TOKEN: &str = "0123456789abcdef0123456789abcdef";
@@ -217,6 +219,7 @@ impl StationDaemon {
                     http_port: h,
                     token: TEST_TOKEN.into(),
                     stdout: stdout_path,
+                    serial: std::fs::read_to_string(data.join("serial-port")).unwrap_or_default(),
                 };
             }
             if let Ok(Some(status)) = child.try_wait() {

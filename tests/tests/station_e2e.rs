@@ -392,3 +392,127 @@ fn eight_stations_sending_at_once_lose_nothing() {
     assert_eq!(results(&data), 400);
     assert_eq!(logged_inferences(&data), 400);
 }
+
+/// Issue 7: activating a new bundle over the serial link while studies stream in swaps the
+/// engine between studies: every study is processed once, by the old bundle or the new one,
+/// and none by the old one after the first by the new one.
+#[test]
+fn activation_swaps_the_engine_between_studies_while_ingest_runs() {
+    if !tools() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let tirp = |args: &[&str]| {
+        let o = Command::new(bin("tirp")).args(args).output().unwrap();
+        assert!(o.status.success(), "tirp {args:?}: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let key = d.join("eng");
+    tirp(&["keys", "gen", "--out", key.to_str().unwrap()]);
+    // The shipped models under a new version (same golden pair: the health check passes).
+    let src = d.join("bundle-src");
+    std::fs::create_dir_all(&src).unwrap();
+    let shipped = tirp_e2e::repo_root().join("models/bundle");
+    for e in std::fs::read_dir(&shipped).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, src.join(p.file_name().unwrap())).unwrap();
+    }
+    let mut spec: Value =
+        serde_json::from_slice(&std::fs::read(src.join("ensemble.json")).unwrap()).unwrap();
+    let old_version = spec["version"].as_str().unwrap().to_owned();
+    spec["version"] = "9.9.9-swap".into();
+    std::fs::write(
+        src.join("ensemble.json"),
+        serde_json::to_vec_pretty(&spec).unwrap(),
+    )
+    .unwrap();
+    let bundle = d.join("new.tirpb");
+    tirp(&[
+        "bundle",
+        "build",
+        "--from-dir",
+        src.to_str().unwrap(),
+        "--board",
+        "x86_64-dev",
+        "--security-version",
+        "1",
+        "--version",
+        "9.9.9-swap",
+        "--key",
+        key.with_extension("key.pem").to_str().unwrap(),
+        "--out",
+        bundle.to_str().unwrap(),
+    ]);
+
+    let files = cohort(&d.join("cohort"), 20, 14);
+    let data = d.join("tirpd");
+    let pubkey = key.with_extension("pub.pem");
+    let daemon = StationDaemon::start(&data, &["--trust", pubkey.to_str().unwrap()]);
+    let port = daemon.dicom_port;
+    let (first, last) = files.split_at(files.len() - 5);
+    let first = first.to_vec();
+    // Ingest keeps running through the flash and the activation.
+    let sender = std::thread::spawn(move || {
+        for f in &first {
+            let o = storescu(port, &[], &[f]);
+            assert!(
+                o.status.success() && !text(&o).contains("Error"),
+                "{}",
+                text(&o)
+            );
+            std::thread::sleep(Duration::from_millis(40));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let out = tirp(&[
+        "--port",
+        &daemon.serial,
+        "--non-interactive",
+        "flash",
+        bundle.to_str().unwrap(),
+        "--activate",
+        "--key",
+        key.with_extension("key.pem").to_str().unwrap(),
+    ]);
+    assert!(out.contains("activated and marked good"), "{out}");
+    sender.join().unwrap();
+    let rest: Vec<&Path> = last.iter().map(PathBuf::as_path).collect();
+    let o = storescu(port, &[], &rest);
+    assert!(o.status.success(), "{}", text(&o));
+    wait_for("every study processed", Duration::from_secs(120), || {
+        results(&data) >= files.len()
+    });
+    let mut done = studies(&daemon);
+    done.sort_by_key(|s| s["done_unix_ms"].as_u64());
+    let versions: Vec<String> = done
+        .iter()
+        .map(|s| s["bundle"].as_str().unwrap_or("?").to_owned())
+        .collect();
+    let new = "deeptirp-edge 9.9.9-swap".to_owned();
+    let old = format!("deeptirp-edge {old_version}");
+    let first_new = versions
+        .iter()
+        .position(|v| *v == new)
+        .expect("some studies on the new bundle");
+    assert!(
+        first_new > 0,
+        "some studies on the old bundle: {versions:?}"
+    );
+    assert!(
+        versions[..first_new].iter().all(|v| *v == old)
+            && versions[first_new..].iter().all(|v| *v == new),
+        "the engine swapped once, between studies: {versions:?}"
+    );
+    let (_, status) = daemon.get("/api/status");
+    let status: Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["bundle"], new.as_str(), "{status}");
+    assert_eq!(status["slot"], "a", "{status}");
+    assert!(daemon.terminate());
+    assert_eq!(results(&data), files.len());
+    assert_eq!(
+        logged_inferences(&data),
+        files.len(),
+        "each study logged once"
+    );
+}
