@@ -388,7 +388,14 @@ pub fn check_dicom_header(
         return Err(DecodeError::DicomBits { allocated, stored });
     }
     let header = DicomHeader {
-        age: text(tags::PATIENT_AGE).and_then(|a| parse_age(&a)),
+        // Patient's Age, else birth date against the acquisition (or study) date.
+        age: text(tags::PATIENT_AGE).and_then(|a| parse_age(&a)).or_else(|| {
+            let birth = text(tags::PATIENT_BIRTH_DATE)?;
+            let at = text(tags::ACQUISITION_DATE)
+                .or_else(|| text(tags::CONTENT_DATE))
+                .or_else(|| text(tags::STUDY_DATE))?;
+            age_between(&birth, &at)
+        }),
         sex: text(tags::PATIENT_SEX).and_then(|s| match s.as_str() {
             "M" => Some(Sex::Male),
             "F" => Some(Sex::Female),
@@ -483,6 +490,26 @@ pub fn parse_age(s: &str) -> Option<f32> {
         _ => return None,
     };
     Some(years)
+}
+
+/// Age in years (whole years, as Patient's Age would say) from a DICOM birth date to a
+/// DICOM date (`YYYYMMDD`); `None` when either is malformed or the age would be negative.
+pub fn age_between(birth: &str, at: &str) -> Option<f32> {
+    let ymd = |s: &str| -> Option<(i32, u32, u32)> {
+        let s = s.trim();
+        if s.len() != 8 || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let (y, m, d) = (s[..4].parse().ok()?, s[4..6].parse().ok()?, s[6..].parse().ok()?);
+        ((1..=12).contains(&m) && (1..=31).contains(&d)).then_some((y, m, d))
+    };
+    let (by, bm, bd) = ymd(birth)?;
+    let (ay, am, ad) = ymd(at)?;
+    let mut years = ay - by;
+    if (am, ad) < (bm, bd) {
+        years -= 1;
+    }
+    (years >= 0).then_some(years as f32)
 }
 
 /// Our lesion site for a DICOM BodyPartExamined value (CID 4031 terms), when it names one.
@@ -702,6 +729,11 @@ mod tests {
     #[test]
     fn ages_and_body_parts() {
         assert_eq!(parse_age("045Y"), Some(45.0));
+        assert_eq!(age_between("19800615", "20260101"), Some(45.0));
+        assert_eq!(age_between("19800615", "20260615"), Some(46.0));
+        assert_eq!(age_between("20260102", "20260101"), None);
+        assert_eq!(age_between("1980-06-15", "20260101"), None);
+        assert_eq!(age_between("19801315", "20260101"), None);
         assert_eq!(parse_age("006M"), Some(0.5));
         assert_eq!(parse_age("45"), None);
         assert_eq!(parse_age(""), None);

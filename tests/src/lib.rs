@@ -269,6 +269,16 @@ impl StationDaemon {
     }
 }
 
+impl Drop for StationDaemon {
+    /// A failed test must not leave a daemon behind.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn unsafe_kill(pid: u32, sig: i32) {
     let _ = Command::new("kill")
         .args([format!("-{sig}"), pid.to_string()])

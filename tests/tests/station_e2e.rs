@@ -516,3 +516,74 @@ fn activation_swaps_the_engine_between_studies_while_ingest_runs() {
         "each study logged once"
     );
 }
+
+/// The settings file, the hot folder (only complete files; refusals kept with a reason) and
+/// the storage guard (0xA700 while the disk is nearly full).
+#[test]
+fn settings_file_hot_folder_and_storage_guard() {
+    if !tools() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let files = cohort(&d.join("cohort"), 20, 15);
+    let hot = d.join("hot");
+    let settings = d.join("tirpd.toml");
+    std::fs::write(
+        &settings,
+        format!(
+            "ae_title = \"EDGEBOX\"\nallow_ae = [\"DRSTATION\"]\nhot_folder = {:?}\n",
+            hot.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let data = d.join("tirpd");
+    let daemon = StationDaemon::start(&data, &["--config", settings.to_str().unwrap()]);
+    let port = daemon.dicom_port.to_string();
+    let o = run("echoscu", &["-aet", "DRSTATION", "-aec", "EDGEBOX", "127.0.0.1", &port], &[]);
+    assert!(o.status.success(), "AE title from the settings file: {}", text(&o));
+
+    // Renamed in: taken at once. Written slowly in place: taken only when complete.
+    std::fs::copy(&files[0], hot.join("a.dcm.tmp")).unwrap();
+    std::fs::rename(hot.join("a.dcm.tmp"), hot.join("a.dcm")).unwrap();
+    let bytes = std::fs::read(&files[1]).unwrap();
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(hot.join("slow.dcm")).unwrap();
+        f.write_all(&bytes[..bytes.len() / 2]).unwrap();
+        f.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(600));
+        f.write_all(&bytes[bytes.len() / 2..]).unwrap();
+    }
+    std::fs::write(hot.join("junk.dcm"), b"not a radiograph at all").unwrap();
+    wait_for("the hot folder emptied", Duration::from_secs(30), || {
+        ["a.dcm", "slow.dcm", "junk.dcm"]
+            .iter()
+            .all(|n| !hot.join(n).exists())
+    });
+    assert!(hot.join("processed/a.dcm").exists());
+    assert!(hot.join("processed/slow.dcm").exists(), "taken whole, not half");
+    assert!(hot.join("failed/junk.dcm").exists());
+    let reason = std::fs::read_to_string(hot.join("failed/junk.dcm.reason.txt")).unwrap();
+    assert!(!reason.trim().is_empty());
+    wait_for("both processed", Duration::from_secs(60), || {
+        studies(&daemon)
+            .iter()
+            .filter(|s| s["state"] == "done" && s["source"] == "hotfolder")
+            .count()
+            == 2
+    });
+    assert!(daemon.terminate());
+
+    // A disk with less free space than the reserve: refused with 0xA700, still serving.
+    let data = d.join("tirpd-full");
+    let daemon = StationDaemon::start(&data, &["--min-free-mb", "1000000000"]);
+    let o = storescu(daemon.dicom_port, &["-v"], &[&files[2]]);
+    let t = text(&o);
+    assert!(t.contains("Refused: OutOfResources"), "{t}");
+    let port = daemon.dicom_port.to_string();
+    let o = run("echoscu", &["-aet", "DRSTATION", "-aec", "TIRPD", "127.0.0.1", &port], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(results(&data), 0);
+    assert!(daemon.terminate());
+}
