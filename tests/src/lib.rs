@@ -1,5 +1,7 @@
 //! Helpers for the end-to-end tests in `tests/tests/`.
 
+pub mod browser;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
