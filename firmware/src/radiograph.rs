@@ -389,13 +389,15 @@ pub fn check_dicom_header(
     }
     let header = DicomHeader {
         // Patient's Age, else birth date against the acquisition (or study) date.
-        age: text(tags::PATIENT_AGE).and_then(|a| parse_age(&a)).or_else(|| {
-            let birth = text(tags::PATIENT_BIRTH_DATE)?;
-            let at = text(tags::ACQUISITION_DATE)
-                .or_else(|| text(tags::CONTENT_DATE))
-                .or_else(|| text(tags::STUDY_DATE))?;
-            age_between(&birth, &at)
-        }),
+        age: text(tags::PATIENT_AGE)
+            .and_then(|a| parse_age(&a))
+            .or_else(|| {
+                let birth = text(tags::PATIENT_BIRTH_DATE)?;
+                let at = text(tags::ACQUISITION_DATE)
+                    .or_else(|| text(tags::CONTENT_DATE))
+                    .or_else(|| text(tags::STUDY_DATE))?;
+                age_between(&birth, &at)
+            }),
         sex: text(tags::PATIENT_SEX).and_then(|s| match s.as_str() {
             "M" => Some(Sex::Male),
             "F" => Some(Sex::Female),
@@ -500,7 +502,11 @@ pub fn age_between(birth: &str, at: &str) -> Option<f32> {
         if s.len() != 8 || !s.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
-        let (y, m, d) = (s[..4].parse().ok()?, s[4..6].parse().ok()?, s[6..].parse().ok()?);
+        let (y, m, d) = (
+            s[..4].parse().ok()?,
+            s[4..6].parse().ok()?,
+            s[6..].parse().ok()?,
+        );
         ((1..=12).contains(&m) && (1..=31).contains(&d)).then_some((y, m, d))
     };
     let (by, bm, bd) = ymd(birth)?;

@@ -540,8 +540,16 @@ fn settings_file_hot_folder_and_storage_guard() {
     let data = d.join("tirpd");
     let daemon = StationDaemon::start(&data, &["--config", settings.to_str().unwrap()]);
     let port = daemon.dicom_port.to_string();
-    let o = run("echoscu", &["-aet", "DRSTATION", "-aec", "EDGEBOX", "127.0.0.1", &port], &[]);
-    assert!(o.status.success(), "AE title from the settings file: {}", text(&o));
+    let o = run(
+        "echoscu",
+        &["-aet", "DRSTATION", "-aec", "EDGEBOX", "127.0.0.1", &port],
+        &[],
+    );
+    assert!(
+        o.status.success(),
+        "AE title from the settings file: {}",
+        text(&o)
+    );
 
     // Renamed in: taken at once. Written slowly in place: taken only when complete.
     std::fs::copy(&files[0], hot.join("a.dcm.tmp")).unwrap();
@@ -562,7 +570,10 @@ fn settings_file_hot_folder_and_storage_guard() {
             .all(|n| !hot.join(n).exists())
     });
     assert!(hot.join("processed/a.dcm").exists());
-    assert!(hot.join("processed/slow.dcm").exists(), "taken whole, not half");
+    assert!(
+        hot.join("processed/slow.dcm").exists(),
+        "taken whole, not half"
+    );
     assert!(hot.join("failed/junk.dcm").exists());
     let reason = std::fs::read_to_string(hot.join("failed/junk.dcm.reason.txt")).unwrap();
     assert!(!reason.trim().is_empty());
@@ -582,7 +593,11 @@ fn settings_file_hot_folder_and_storage_guard() {
     let t = text(&o);
     assert!(t.contains("Refused: OutOfResources"), "{t}");
     let port = daemon.dicom_port.to_string();
-    let o = run("echoscu", &["-aet", "DRSTATION", "-aec", "TIRPD", "127.0.0.1", &port], &[]);
+    let o = run(
+        "echoscu",
+        &["-aet", "DRSTATION", "-aec", "TIRPD", "127.0.0.1", &port],
+        &[],
+    );
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(results(&data), 0);
     assert!(daemon.terminate());
