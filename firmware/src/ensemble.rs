@@ -81,8 +81,11 @@ pub struct StackerSpec {
 #[serde(deny_unknown_fields)]
 pub struct LocaliserSpec {
     pub file: String,
-    /// Side of the square, downscaled whole-image input.
+    /// Side of the square, letterboxed whole-image input (see [`crate::localise`]).
     pub input_size: u32,
+    /// Training-set mean and standard deviation of the letterboxed inputs.
+    pub mean: f32,
+    pub std: f32,
     /// Below this confidence the result is "no lesion localised — review".
     pub min_confidence: f32,
 }

@@ -8,6 +8,7 @@
 //! - [`engine`]: the inference engine (tract): bundle → flag, probability, heat-map.
 //! - [`glyphs`]: a 5×7 bitmap font for text burned into images.
 //! - [`health`]: the golden-inference health check of an activated bundle.
+//! - [`localise`]: the lesion localiser's input, outputs, training targets and decoding.
 //! - [`preprocess`]: the one preprocessing implementation, shared by training and inference.
 //! - [`radiograph`]: decoding PNG, JPEG and DICOM radiographs to MONOCHROME2.
 //! - [`link`], [`bundle`], [`slots`], [`devlog`], [`provision`], [`daemon`]: the provisioning
@@ -25,6 +26,7 @@ pub mod ensemble;
 pub mod glyphs;
 pub mod health;
 pub mod link;
+pub mod localise;
 pub mod preprocess;
 pub mod provision;
 pub mod radiograph;

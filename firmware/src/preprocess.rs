@@ -261,7 +261,7 @@ fn min_max(v: &[f32]) -> (f32, f32) {
 }
 
 /// Nearest-rank percentiles `p_lo`, `p_hi` (fractions) of `v`.
-fn percentiles(v: &[f32], p_lo: f32, p_hi: f32) -> (f32, f32) {
+pub fn percentiles(v: &[f32], p_lo: f32, p_hi: f32) -> (f32, f32) {
     let mut s = v.to_vec();
     let n = s.len();
     let rank = |p: f32| ((p * (n - 1) as f32).round() as usize).min(n - 1);

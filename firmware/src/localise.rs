@@ -1,0 +1,244 @@
+//! The automatic lesion localiser's contract, shared by training (tirp-models) and the engine,
+//! so the geometry can never drift between them: the model input (the whole radiograph,
+//! letterboxed into a square), the graph's outputs, the training targets and their decoding.
+//!
+//! The model is CenterNet-style: on a grid of `side / STRIDE` cells it predicts the
+//! probability that a lesion centre falls in each cell ([`HEATMAP`]), the sub-cell position of
+//! that centre ([`OFFSET`], 0–1 in cells) and the box's width and height ([`SIZE`], in input
+//! pixels). The box is read at the most confident cell.
+
+use crate::preprocess::{GrayImage, PreprocessError, Roi, percentiles};
+use image::{ImageBuffer, Luma, imageops};
+
+/// Input pixels per output cell.
+pub const STRIDE: u32 = 4;
+/// Graph input `[N, 1, side, side]`.
+pub const INPUT: &str = "x";
+/// `[N, 1, cells, cells]`, sigmoid probability of a lesion centre in the cell.
+pub const HEATMAP: &str = "heatmap";
+/// `[N, 2, cells, cells]`, box width and height in input pixels.
+pub const SIZE: &str = "size";
+/// `[N, 2, cells, cells]`, centre position inside the cell (x, y), in cells.
+pub const OFFSET: &str = "offset";
+
+/// The whole radiograph scaled (aspect kept) into the top-left of a `side × side` square,
+/// intensity-scaled like the members' crops, the rest 0.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Letterbox {
+    pub side: u32,
+    /// Input pixels per image pixel.
+    pub scale: f32,
+    pub pixels: Vec<f32>,
+}
+
+/// Builds the localiser's input (before standardisation with the localiser's mean/std).
+pub fn letterbox(
+    image: &GrayImage,
+    side: u32,
+    low_percentile: f32,
+    high_percentile: f32,
+) -> Result<Letterbox, PreprocessError> {
+    if image.width < 16 || image.height < 16 {
+        return Err(PreprocessError::ImageTooSmall {
+            width: image.width,
+            height: image.height,
+        });
+    }
+    if image.pixels.iter().any(|v| !v.is_finite()) {
+        return Err(PreprocessError::NonFinite);
+    }
+    let long = image.width.max(image.height);
+    let scale = side as f32 / long as f32;
+    let w = ((image.width as f32 * scale).round() as u32).clamp(1, side);
+    let h = ((image.height as f32 * scale).round() as u32).clamp(1, side);
+    // The resampler clamps f32 samples to [0, 1]: map into that range first.
+    let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
+    for &v in &image.pixels {
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    let range = if hi > lo { hi - lo } else { 1.0 };
+    let unit: Vec<f32> = image.pixels.iter().map(|v| (v - lo) / range).collect();
+    let buf: ImageBuffer<Luma<f32>, Vec<f32>> =
+        ImageBuffer::from_raw(image.width, image.height, unit).expect("pixel count checked");
+    let resized = imageops::resize(&buf, w, h, imageops::FilterType::Triangle).into_raw();
+    let (plo, phi) = percentiles(&resized, low_percentile, high_percentile);
+    let prange = phi - plo;
+    let mut pixels = vec![0.0f32; (side * side) as usize];
+    for y in 0..h as usize {
+        for x in 0..w as usize {
+            let v = resized[y * w as usize + x];
+            pixels[y * side as usize + x] = if prange > 0.0 {
+                ((v - plo) / prange).clamp(0.0, 1.0)
+            } else {
+                0.0
+            };
+        }
+    }
+    Ok(Letterbox {
+        side,
+        scale,
+        pixels,
+    })
+}
+
+/// Cells per side of the output grid.
+pub fn cells(side: u32) -> usize {
+    (side / STRIDE) as usize
+}
+
+/// A lesion box found by the localiser.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Detection {
+    pub roi: Roi,
+    /// The heat-map's value at the chosen cell (0–1).
+    pub confidence: f32,
+}
+
+/// Reads the box at the most confident cell, in image pixels (clamped to the image).
+/// `heatmap` is `cells²`, `size` and `offset` are `2 × cells²` (channel-major).
+pub fn decode(
+    heatmap: &[f32],
+    size: &[f32],
+    offset: &[f32],
+    cells: usize,
+    scale: f32,
+    image_width: u32,
+    image_height: u32,
+) -> Detection {
+    let n = cells * cells;
+    assert!(heatmap.len() == n && size.len() == 2 * n && offset.len() == 2 * n);
+    let (best, confidence) =
+        heatmap
+            .iter()
+            .copied()
+            .enumerate()
+            .fold(
+                (0, f32::NEG_INFINITY),
+                |acc, (i, v)| if v > acc.1 { (i, v) } else { acc },
+            );
+    let (iy, ix) = (best / cells, best % cells);
+    let s = STRIDE as f32;
+    let cx = (ix as f32 + offset[best].clamp(0.0, 1.0)) * s / scale;
+    let cy = (iy as f32 + offset[n + best].clamp(0.0, 1.0)) * s / scale;
+    let bw = (size[best].max(1.0)) / scale;
+    let bh = (size[n + best].max(1.0)) / scale;
+    let x0 = (cx - bw / 2.0).round().clamp(0.0, image_width as f32 - 1.0);
+    let y0 = (cy - bh / 2.0)
+        .round()
+        .clamp(0.0, image_height as f32 - 1.0);
+    let x1 = (cx + bw / 2.0).round().clamp(x0 + 1.0, image_width as f32);
+    let y1 = (cy + bh / 2.0).round().clamp(y0 + 1.0, image_height as f32);
+    Detection {
+        roi: Roi {
+            x: x0 as u32,
+            y: y0 as u32,
+            w: (x1 - x0) as u32,
+            h: (y1 - y0) as u32,
+        },
+        confidence,
+    }
+}
+
+/// Intersection over union of two boxes.
+pub fn iou(a: Roi, b: Roi) -> f32 {
+    let ix = (a.x + a.w).min(b.x + b.w).saturating_sub(a.x.max(b.x)) as f64;
+    let iy = (a.y + a.h).min(b.y + b.h).saturating_sub(a.y.max(b.y)) as f64;
+    let inter = ix * iy;
+    let union = a.w as f64 * a.h as f64 + b.w as f64 * b.h as f64 - inter;
+    if union > 0.0 {
+        (inter / union) as f32
+    } else {
+        0.0
+    }
+}
+
+/// What the graph should output for a lesion box (training targets), the inverse of
+/// [`decode`]: a Gaussian peak of 1 at the centre cell (σ from the box size, as CenterNet
+/// does), and size/offset at that cell (its index is returned; other cells carry no loss).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Targets {
+    pub heatmap: Vec<f32>,
+    pub size: [f32; 2],
+    pub offset: [f32; 2],
+    pub centre: usize,
+}
+
+pub fn targets(roi: Roi, scale: f32, cells: usize) -> Targets {
+    let s = STRIDE as f32;
+    let cx = (roi.x as f32 + roi.w as f32 / 2.0) * scale / s;
+    let cy = (roi.y as f32 + roi.h as f32 / 2.0) * scale / s;
+    let ix = (cx.floor() as usize).min(cells - 1);
+    let iy = (cy.floor() as usize).min(cells - 1);
+    let (bw, bh) = (roi.w as f32 * scale, roi.h as f32 * scale);
+    // A third of the box's smaller side in cells, at least half a cell.
+    let sigma = (bw.min(bh) / s / 6.0).max(0.5);
+    let mut heatmap = vec![0.0f32; cells * cells];
+    for y in 0..cells {
+        for x in 0..cells {
+            let d2 = (x as f32 - ix as f32).powi(2) + (y as f32 - iy as f32).powi(2);
+            heatmap[y * cells + x] = (-d2 / (2.0 * sigma * sigma)).exp();
+        }
+    }
+    Targets {
+        heatmap,
+        size: [bw, bh],
+        offset: [cx - ix as f32, cy - iy as f32],
+        centre: iy * cells + ix,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roi(x: u32, y: u32, w: u32, h: u32) -> Roi {
+        Roi { x, y, w, h }
+    }
+
+    #[test]
+    fn decoding_the_targets_gives_the_box_back() {
+        let c = cells(128);
+        for (b, w, h) in [
+            (roi(191, 241, 31, 71), 512, 512),
+            (roi(0, 0, 40, 40), 512, 512),
+            (roi(600, 300, 120, 90), 800, 600),
+        ] {
+            let scale = 128.0 / w.max(h) as f32;
+            let t = targets(b, scale, c);
+            assert!((t.heatmap[t.centre] - 1.0).abs() < 1e-6);
+            let n = c * c;
+            let mut size = vec![0.0; 2 * n];
+            let mut offset = vec![0.0; 2 * n];
+            size[t.centre] = t.size[0];
+            size[n + t.centre] = t.size[1];
+            offset[t.centre] = t.offset[0];
+            offset[n + t.centre] = t.offset[1];
+            let d = decode(&t.heatmap, &size, &offset, c, scale, w, h);
+            assert!(iou(d.roi, b) > 0.95, "{b:?} → {:?}", d.roi);
+            assert!((d.confidence - 1.0).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn iou_of_known_boxes() {
+        assert_eq!(iou(roi(0, 0, 10, 10), roi(0, 0, 10, 10)), 1.0);
+        assert_eq!(iou(roi(0, 0, 10, 10), roi(10, 0, 10, 10)), 0.0);
+        assert!((iou(roi(0, 0, 10, 10), roi(5, 0, 10, 10)) - 1.0 / 3.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn letterbox_keeps_the_aspect_and_pads_with_zero() {
+        let (w, h) = (200u32, 100u32);
+        let px: Vec<f32> = (0..w * h).map(|i| (i % w) as f32).collect();
+        let img = GrayImage::new(w, h, px).unwrap();
+        let lb = letterbox(&img, 64, 0.0, 1.0).unwrap();
+        assert_eq!(lb.scale, 64.0 / 200.0);
+        // 64 × 32 of image, the bottom half padding.
+        assert!(lb.pixels[..64 * 32].iter().any(|&v| v > 0.9));
+        assert!(lb.pixels[64 * 32..].iter().all(|&v| v == 0.0));
+        // Left dark, right bright, as in the image.
+        assert!(lb.pixels[64 * 10 + 2] < 0.1 && lb.pixels[64 * 10 + 61] > 0.9);
+        assert!(letterbox(&GrayImage::new(8, 8, vec![0.0; 64]).unwrap(), 64, 0.0, 1.0).is_err());
+    }
+}
