@@ -42,44 +42,50 @@ pub fn parse_usb_ids(s: &str) -> Result<Vec<(u16, u16)>, String> {
 
 /// Every serial port of this machine, with recognised DeepTIRP devices marked.
 pub fn list_ports(extra_ids: &[(u16, u16)]) -> Result<Vec<PortInfo>, serialport::Error> {
-    let mut out = Vec::new();
-    for p in serialport::available_ports()? {
-        let mut info = PortInfo {
-            path: p.port_name.clone(),
-            kind: "unknown",
-            vid: None,
-            pid: None,
-            serial_number: None,
-            manufacturer: None,
-            product: None,
-            recognised: None,
-        };
-        match p.port_type {
-            serialport::SerialPortType::UsbPort(u) => {
-                info.kind = "usb";
-                info.vid = Some(format!("{:04x}", u.vid));
-                info.pid = Some(format!("{:04x}", u.pid));
-                info.recognised = BUILTIN_USB_IDS
-                    .iter()
-                    .find(|(v, p, _)| (*v, *p) == (u.vid, u.pid))
-                    .map(|(_, _, name)| (*name).to_owned())
-                    .or_else(|| {
-                        extra_ids
-                            .contains(&(u.vid, u.pid))
-                            .then(|| format!("configured USB id {:04x}:{:04x}", u.vid, u.pid))
-                    });
-                info.serial_number = u.serial_number;
-                info.manufacturer = u.manufacturer;
-                info.product = u.product;
-            }
-            serialport::SerialPortType::PciPort => info.kind = "pci",
-            serialport::SerialPortType::BluetoothPort => info.kind = "bluetooth",
-            serialport::SerialPortType::Unknown => {}
-        }
-        out.push(info);
-    }
+    let mut out: Vec<PortInfo> = serialport::available_ports()?
+        .into_iter()
+        .map(|p| describe(p, extra_ids))
+        .collect();
+    // DeepTIRP devices first.
     out.sort_by(|a, b| (a.recognised.is_none(), &a.path).cmp(&(b.recognised.is_none(), &b.path)));
     Ok(out)
+}
+
+/// One enumerated port, recognised as a DeepTIRP device by its USB id (built-in or `extra_ids`).
+pub fn describe(p: serialport::SerialPortInfo, extra_ids: &[(u16, u16)]) -> PortInfo {
+    let mut info = PortInfo {
+        path: p.port_name.clone(),
+        kind: "unknown",
+        vid: None,
+        pid: None,
+        serial_number: None,
+        manufacturer: None,
+        product: None,
+        recognised: None,
+    };
+    match p.port_type {
+        serialport::SerialPortType::UsbPort(u) => {
+            info.kind = "usb";
+            info.vid = Some(format!("{:04x}", u.vid));
+            info.pid = Some(format!("{:04x}", u.pid));
+            info.recognised = BUILTIN_USB_IDS
+                .iter()
+                .find(|(v, p, _)| (*v, *p) == (u.vid, u.pid))
+                .map(|(_, _, name)| (*name).to_owned())
+                .or_else(|| {
+                    extra_ids
+                        .contains(&(u.vid, u.pid))
+                        .then(|| format!("configured USB id {:04x}:{:04x}", u.vid, u.pid))
+                });
+            info.serial_number = u.serial_number;
+            info.manufacturer = u.manufacturer;
+            info.product = u.product;
+        }
+        serialport::SerialPortType::PciPort => info.kind = "pci",
+        serialport::SerialPortType::BluetoothPort => info.kind = "bluetooth",
+        serialport::SerialPortType::Unknown => {}
+    }
+    info
 }
 
 /// One pulled log record: its sequence number and the parsed entry.
@@ -313,4 +319,57 @@ pub fn pull_logs(
         client.logs_page(at, 1, 1, true)?;
     }
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serialport::{SerialPortInfo, SerialPortType, UsbPortInfo};
+
+    fn usb(path: &str, vid: u16, pid: u16) -> SerialPortInfo {
+        SerialPortInfo {
+            port_name: path.into(),
+            port_type: SerialPortType::UsbPort(UsbPortInfo {
+                vid,
+                pid,
+                serial_number: Some("1421922054123".into()),
+                manufacturer: Some("NVIDIA".into()),
+                product: Some("Linux for Tegra".into()),
+            }),
+        }
+    }
+
+    #[test]
+    fn the_jetson_gadget_and_configured_ids_are_recognised() {
+        let j = describe(usb("/dev/ttyACM0", 0x0955, 0x7020), &[]);
+        assert_eq!(
+            (j.kind, j.vid.as_deref(), j.pid.as_deref()),
+            ("usb", Some("0955"), Some("7020"))
+        );
+        assert_eq!(
+            j.recognised.as_deref(),
+            Some("NVIDIA Jetson USB device mode")
+        );
+        assert_eq!(j.product.as_deref(), Some("Linux for Tegra"));
+        let ftdi = describe(usb("/dev/ttyUSB0", 0x0403, 0x6001), &[]);
+        assert_eq!(
+            ftdi.recognised, None,
+            "a plain USB-UART adapter is listed, not claimed"
+        );
+        let ids = parse_usb_ids("0403:6001, 1d6b:0104").unwrap();
+        let ftdi = describe(usb("/dev/ttyUSB0", 0x0403, 0x6001), &ids);
+        assert_eq!(
+            ftdi.recognised.as_deref(),
+            Some("configured USB id 0403:6001")
+        );
+        let uart = describe(
+            SerialPortInfo {
+                port_name: "/dev/ttyTHS0".into(),
+                port_type: SerialPortType::Unknown,
+            },
+            &ids,
+        );
+        assert_eq!((uart.kind, uart.recognised), ("unknown", None));
+        assert!(parse_usb_ids("0955-7020").is_err());
+    }
 }
