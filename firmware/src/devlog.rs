@@ -464,6 +464,10 @@ pub struct InferenceRecord {
     pub threshold: f64,
     pub latency: StageLatency,
     pub study_key: String,
+    /// Salted hash of the SOP Instance UID: a study may hold several radiographs, each
+    /// flagged on its own (empty in records from before it existed).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub instance_key: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

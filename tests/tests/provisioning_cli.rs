@@ -149,6 +149,7 @@ fn seed_inferences(data: &Path, n: usize) {
                 total_ms: 410.0,
             },
             study_key: study_key(b"salt", &format!("1.2.826.0.1.{i}")),
+            instance_key: String::new(),
         }))
         .unwrap();
     }

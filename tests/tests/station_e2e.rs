@@ -480,10 +480,13 @@ fn activation_swaps_the_engine_between_studies_while_ingest_runs() {
     let rest: Vec<&Path> = last.iter().map(PathBuf::as_path).collect();
     let o = storescu(port, &[], &rest);
     assert!(o.status.success(), "{}", text(&o));
-    wait_for("every study processed", Duration::from_secs(120), || {
-        results(&data) >= files.len()
+    // The dashboard hears of a study just after its result is committed: wait for it.
+    wait_for("every study on the dashboard", Duration::from_secs(120), || {
+        studies(&daemon).iter().filter(|s| s["state"] != "queued").count() >= files.len()
     });
     let mut done = studies(&daemon);
+    let failed: Vec<&Value> = done.iter().filter(|s| s["state"] != "done").collect();
+    assert!(failed.is_empty(), "{failed:?}");
     done.sort_by_key(|s| s["done_unix_ms"].as_u64());
     let versions: Vec<String> = done
         .iter()
@@ -508,6 +511,39 @@ fn activation_swaps_the_engine_between_studies_while_ingest_runs() {
     let status: Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["bundle"], new.as_str(), "{status}");
     assert_eq!(status["slot"], "a", "{status}");
+    // The auditor pulls the inference records over the same link into the audit store.
+    let jsonl = d.join("box.jsonl");
+    tirp(&[
+        "--port",
+        &daemon.serial,
+        "--non-interactive",
+        "logs",
+        "pull",
+        "--out",
+        jsonl.to_str().unwrap(),
+        "--state-dir",
+        d.join("host-state").to_str().unwrap(),
+        "--db",
+        d.join("audit.sqlite").to_str().unwrap(),
+    ]);
+    let pulled = std::fs::read_to_string(&jsonl).unwrap();
+    let inferences: Vec<Value> = pulled
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["type"] == "inference")
+        .collect();
+    assert_eq!(inferences.len(), files.len(), "one pulled record per study");
+    for r in &inferences {
+        assert!(
+            r["bundle_id"]
+                .as_str()
+                .unwrap()
+                .starts_with("deeptirp-edge-"),
+            "{r}"
+        );
+        assert_eq!(r["member_scores"].as_array().unwrap().len(), 3, "{r}");
+        assert_eq!(r["study_key"].as_str().unwrap().len(), 32, "{r}");
+    }
     assert!(daemon.terminate());
     assert_eq!(results(&data), files.len());
     assert_eq!(

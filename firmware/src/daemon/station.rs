@@ -492,6 +492,9 @@ impl Station {
                 total_ms: t.elapsed().as_secs_f64() * 1e3,
             },
             study_key: self.device.study_key(&study_uid),
+            instance_key: self
+                .device
+                .study_key(&text(obj, tags::SOP_INSTANCE_UID).unwrap_or_else(|| id.clone())),
         };
         Ok((p, png, inference))
     }

@@ -49,6 +49,9 @@ type Result<T> = std::result::Result<T, StoreError>;
 pub struct Prediction {
     pub device: String,
     pub study_key: String,
+    /// The radiograph within the study (a box flags each image of a study on its own);
+    /// empty when a table has one prediction per study.
+    pub instance: String,
     pub model: String,
     pub model_version: String,
     /// ISO 8601 UTC, e.g. 2026-11-30T08:15:00Z (dates compare as text).
@@ -91,18 +94,19 @@ impl Filter {
 }
 
 /// Bumped with every schema change, so that an older `tirp` refuses a newer store.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS predictions (
     device TEXT NOT NULL,
     study_key TEXT NOT NULL,
+    instance TEXT NOT NULL DEFAULT '',
     model TEXT NOT NULL,
     model_version TEXT NOT NULL,
     time TEXT NOT NULL,
     centre TEXT,
     score REAL NOT NULL,
-    PRIMARY KEY (device, study_key, model, model_version)
+    PRIMARY KEY (device, study_key, instance, model, model_version)
 );
 CREATE INDEX IF NOT EXISTS predictions_time ON predictions (time);
 CREATE TABLE IF NOT EXISTS truth (
@@ -125,6 +129,21 @@ impl AuditStore {
                 version,
             });
         }
+        if version == 1 {
+            // Version 1 keyed predictions by study only: rebuild with the instance column.
+            conn.execute_batch(
+                "BEGIN;
+                 ALTER TABLE predictions RENAME TO predictions_v1;
+                 DROP INDEX IF EXISTS predictions_time;",
+            )?;
+            conn.execute_batch(SCHEMA)?;
+            conn.execute_batch(
+                "INSERT INTO predictions (device, study_key, instance, model, model_version, time, centre, score)
+                   SELECT device, study_key, '', model, model_version, time, centre, score FROM predictions_v1;
+                 DROP TABLE predictions_v1;
+                 COMMIT;",
+            )?;
+        }
         conn.execute_batch(SCHEMA)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(Self { conn })
@@ -138,13 +157,13 @@ impl AuditStore {
         let mut new = 0;
         {
             let mut get = tx.prepare(
-                "SELECT score FROM predictions WHERE device = ?1 AND study_key = ?2 AND model = ?3 AND model_version = ?4",
+                "SELECT score FROM predictions WHERE device = ?1 AND study_key = ?2 AND instance = ?3 AND model = ?4 AND model_version = ?5",
             )?;
             let mut put = tx.prepare(
-                "INSERT INTO predictions (device, study_key, model, model_version, time, centre, score) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO predictions (device, study_key, instance, model, model_version, time, centre, score) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
             for p in rows {
-                let key = params![p.device, p.study_key, p.model, p.model_version];
+                let key = params![p.device, p.study_key, p.instance, p.model, p.model_version];
                 match get.query_row(key, |r| r.get::<_, f64>(0)).optional()? {
                     Some(stored) if stored == p.score => {}
                     Some(stored) => {
@@ -161,6 +180,7 @@ impl AuditStore {
                         put.execute(params![
                             p.device,
                             p.study_key,
+                            p.instance,
                             p.model,
                             p.model_version,
                             p.time,
@@ -217,11 +237,13 @@ impl AuditStore {
     /// Predictions with a truth label, filtered; predictions without truth are left out.
     pub fn joined(&self, f: &Filter) -> Result<Vec<Scored>> {
         let mut stmt = self.conn.prepare(
-            "SELECT p.study_key, p.model, p.score, COALESCE(p.centre, p.device), p.model_version, p.device, p.time, t.label
+            // A case is one radiograph: the study, and the image within it when the box said.
+            "SELECT CASE WHEN p.instance = '' THEN p.study_key ELSE p.study_key || '/' || p.instance END,
+                    p.model, p.score, COALESCE(p.centre, p.device), p.model_version, p.device, p.time, t.label
              FROM predictions p JOIN truth t ON t.study_key = p.study_key
              WHERE (?1 IS NULL OR p.device = ?1) AND (?2 IS NULL OR p.model_version = ?2)
                AND (?3 IS NULL OR substr(p.time, 1, 10) >= ?3) AND (?4 IS NULL OR substr(p.time, 1, 10) <= ?4)
-             ORDER BY p.time, p.device, p.study_key, p.model",
+             ORDER BY p.time, p.device, p.study_key, p.instance, p.model",
         )?;
         let rows = stmt.query_map(params![f.device, f.model_version, f.since, f.until], |r| {
             Ok(Scored {
@@ -285,10 +307,18 @@ pub fn read_predictions(path: &Path) -> Result<Vec<Prediction>> {
     } else {
         None
     };
+    let instances = if t.has_column("instance") {
+        Some(t.strings("instance")?)
+    } else {
+        None
+    };
     Ok((0..t.len())
         .map(|i| Prediction {
             device: devices[i].clone(),
             study_key: keys[i].clone(),
+            instance: instances
+                .as_ref()
+                .map_or_else(String::new, |c| c[i].clone()),
             model: models[i].clone(),
             model_version: versions[i].clone(),
             time: times[i].clone(),
@@ -346,9 +376,11 @@ fn read_jsonl(path: &Path) -> Result<Vec<Prediction>> {
                 .ok_or_else(|| bad("no 'time_unix_ms'".into()))?,
         );
         let (device, key, version) = (text("device_id")?, text("study_key")?, text("bundle_id")?);
+        let instance = v["instance_key"].as_str().unwrap_or_default().to_owned();
         let row = |model: String, score: f64| Prediction {
             device: device.clone(),
             study_key: key.clone(),
+            instance: instance.clone(),
             model,
             model_version: version.clone(),
             time: time.clone(),
@@ -394,12 +426,66 @@ mod tests {
         Prediction {
             device: device.into(),
             study_key: key.into(),
+            instance: String::new(),
             model: model.into(),
             model_version: version.into(),
             time: time.into(),
             centre: None,
             score,
         }
+    }
+
+    #[test]
+    fn a_version_1_store_is_migrated_and_images_of_one_study_are_kept_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE predictions (device TEXT NOT NULL, study_key TEXT NOT NULL,
+                   model TEXT NOT NULL, model_version TEXT NOT NULL, time TEXT NOT NULL,
+                   centre TEXT, score REAL NOT NULL,
+                   PRIMARY KEY (device, study_key, model, model_version));
+                 CREATE INDEX predictions_time ON predictions (time);
+                 CREATE TABLE truth (study_key TEXT PRIMARY KEY, label INTEGER NOT NULL);
+                 INSERT INTO predictions VALUES ('box1', 'k1', 'ensemble', 'v1', '2026-11-01T10:00:00Z', NULL, 0.9);
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let mut s = AuditStore::open(&path).unwrap();
+        assert_eq!(
+            s.count_predictions().unwrap(),
+            1,
+            "kept through the migration"
+        );
+        let mut a = p("box1", "k2", "ensemble", "v1", "2026-11-02T10:00:00Z", 0.3);
+        a.instance = "i1".into();
+        let mut b = a.clone();
+        b.instance = "i2".into();
+        b.score = 0.8;
+        assert_eq!(s.import_predictions(&[a.clone(), b]).unwrap(), 2);
+        a.score = 0.31;
+        assert!(
+            s.import_predictions(&[a]).is_err(),
+            "same image, other score"
+        );
+        drop(s);
+        let mut s = AuditStore::open(&path).unwrap();
+        assert_eq!(s.count_predictions().unwrap(), 3);
+        s.import_truth(&[("k2".into(), true)]).unwrap();
+        let mut cases: Vec<String> = s
+            .joined(&Filter::default())
+            .unwrap()
+            .into_iter()
+            .map(|r| r.case)
+            .collect();
+        cases.sort();
+        assert_eq!(
+            cases,
+            ["k2/i1", "k2/i2"],
+            "each image a case, truth from its study"
+        );
     }
 
     #[test]
