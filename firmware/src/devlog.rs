@@ -461,6 +461,10 @@ pub struct InferenceRecord {
     pub member_scores: Vec<MemberScore>,
     pub probability: f64,
     pub flag: bool,
+    /// "No lesion localised — review": nothing classified (`probability` 0, no member
+    /// scores, `flag` false). Absent (false) in records of classified studies.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub review: bool,
     pub threshold: f64,
     pub latency: StageLatency,
     pub study_key: String,

@@ -5,13 +5,14 @@
 //! A fixture bundle has the real layout (`ensemble.json` + one ONNX file per member +
 //! `stacker.onnx`): the members are our real architectures at a small size exported by
 //! [`crate::nets::export`], the stacker a logistic regression (`Gemm` + `Sigmoid`) with
-//! seeded weights.
+//! seeded weights. With [`FixtureConfig::localiser`] it also holds a hand-made lesion
+//! localiser ([`bright_spot_localiser`]) that finds the brightest region.
 
 use crate::nets::{
     self, EffNet, EffNetConfig, Member, MemberKind, ResNet, ResNetConfig, Vit, VitConfig,
     effnet::Stage,
 };
-use crate::onnx::{BATCH, ExportError, Model, OPSET};
+use crate::onnx::{BATCH, ConvSpec, ExportError, Graph, Model, OPSET, Weights};
 use crate::train;
 use burn::module::Module;
 use prost::Message;
@@ -19,9 +20,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::path::Path;
 use tirp_firmware::ensemble::{
-    ENSEMBLE_FORMAT, EnsembleSpec, MemberSpec, STACKER_INPUT, STACKER_OUTPUT, SpecError,
-    StackerKind, StackerSpec,
+    ENSEMBLE_FORMAT, EnsembleSpec, LocaliserSpec, MemberSpec, STACKER_INPUT, STACKER_OUTPUT,
+    SpecError, StackerKind, StackerSpec,
 };
+use tirp_firmware::localise;
 use tirp_firmware::preprocess::PreprocessSpec;
 use tract_onnx::pb;
 
@@ -55,6 +57,92 @@ pub struct FixtureConfig {
     /// The members' default (shipped) architectures instead of the small test ones, for
     /// timing the engine on realistic graphs.
     pub full_size: bool,
+    /// Also write a localiser (`localiser.onnx`, [`bright_spot_localiser`]) into the spec.
+    pub localiser: Option<FixtureLocaliser>,
+}
+
+/// The fixture localiser's settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FixtureLocaliser {
+    /// Side of its letterboxed input (a multiple of [`localise::STRIDE`]).
+    pub input_size: u32,
+    /// The constant box side it outputs, in input pixels.
+    pub box_side: f32,
+    pub min_confidence: f32,
+}
+
+impl Default for FixtureLocaliser {
+    fn default() -> Self {
+        FixtureLocaliser {
+            input_size: 64,
+            box_side: 20.0,
+            min_confidence: 0.5,
+        }
+    }
+}
+
+/// Standardisation of the fixture localiser's input: letterboxed 0–1 → about ±2.
+pub const LOCALISER_MEAN: f32 = 0.5;
+pub const LOCALISER_STD: f32 = 0.25;
+/// File name of the fixture localiser in a bundle.
+pub const LOCALISER_FILE: &str = "localiser.onnx";
+
+/// A hand-made localiser with the contract's names and shapes ([`localise`]): the heat-map
+/// is σ(3·m − 3), m the mean of the standardised input over a 2×2-cell window centred on each
+/// cell's centre (an 8×8 average, stride 4, zero padding 2), so it peaks (≈ 0.95) where a
+/// bright region fills the window and is ≈ 0 on a dark or flat image (≈ 0.05 on noise); offset is 0.5 (the cell
+/// centre) and size `box_side × box_side` everywhere.
+pub fn bright_spot_localiser(input_size: u32, box_side: f32) -> Model {
+    let side = input_size as usize;
+    let c = localise::cells(input_size);
+    let k = 2 * localise::STRIDE as usize;
+    let mut g = Graph::new();
+    let avg = g.conv(
+        localise::INPUT,
+        &Weights::new(vec![1, 1, k, k], vec![1.0 / (k * k) as f32; k * k]),
+        &Weights::new(vec![1], vec![0.0]),
+        ConvSpec {
+            stride: localise::STRIDE as usize,
+            pad: localise::STRIDE as usize / 2,
+            groups: 1,
+        },
+    );
+    let gain = g.scalar("gain", 3.0);
+    let bias = g.scalar("bias", -3.0);
+    let z = g.mul(&avg, &gain);
+    let z = g.add(&z, &bias);
+    let heat = g.sigmoid(&z);
+    // [N, 1, c, c] zeros, so the constant outputs carry the batch dimension.
+    let zero = g.scalar("zero", 0.0);
+    let zeros = g.mul(&avg, &zero);
+    let offset = g.constant(
+        "offset",
+        &Weights::new(vec![1, 2, c, c], vec![0.5; 2 * c * c]),
+    );
+    let offset = g.add(&zeros, &offset);
+    let size = g.constant(
+        "size",
+        &Weights::new(vec![1, 2, c, c], vec![box_side; 2 * c * c]),
+    );
+    let size = g.add(&zeros, &size);
+    g.finish(
+        localise::INPUT,
+        [1, side, side],
+        &[
+            (
+                &heat,
+                localise::HEATMAP,
+                vec![None, Some(1), Some(c), Some(c)],
+            ),
+            (
+                &offset,
+                localise::OFFSET,
+                vec![None, Some(2), Some(c), Some(c)],
+            ),
+            (&size, localise::SIZE, vec![None, Some(2), Some(c), Some(c)]),
+        ],
+        "DeepTIRP Edge fixture localiser (brightest region; untrained)",
+    )
 }
 
 impl Default for FixtureConfig {
@@ -70,6 +158,7 @@ impl Default for FixtureConfig {
             mean: 0.45,
             std: 0.25,
             full_size: false,
+            localiser: None,
         }
     }
 }
@@ -296,7 +385,19 @@ pub fn write_bundle(dir: &Path, cfg: &FixtureConfig) -> Result<Fixture, FixtureE
             features,
         },
         threshold: cfg.threshold,
-        localiser: None,
+        localiser: match cfg.localiser {
+            None => None,
+            Some(l) => {
+                bright_spot_localiser(l.input_size, l.box_side).save(&dir.join(LOCALISER_FILE))?;
+                Some(LocaliserSpec {
+                    file: LOCALISER_FILE.into(),
+                    input_size: l.input_size,
+                    mean: LOCALISER_MEAN,
+                    std: LOCALISER_STD,
+                    min_confidence: l.min_confidence,
+                })
+            }
+        },
     };
     spec.save(dir)?;
     Ok(Fixture {

@@ -405,3 +405,161 @@ fn dicom_input_takes_age_sex_and_site_from_its_header() {
     ]));
     assert!(v["n"].as_u64().unwrap() >= 20);
 }
+
+/// A 16-bit PNG, 320×240: dark, a gentle ramp and a texture with a bright 64×64 square at
+/// (200, 130); without the lesion, the texture alone (nothing brighter anywhere).
+fn lesion_png(path: &Path, lesion: bool) {
+    let img: image::ImageBuffer<image::Luma<u16>, Vec<u16>> =
+        image::ImageBuffer::from_fn(320, 240, |x, y| {
+            let inside = lesion && (200..264).contains(&x) && (130..194).contains(&y);
+            let base = match (lesion, inside) {
+                (_, true) => 3000,
+                (true, false) => 400 + y as u16 / 2,
+                (false, false) => 400,
+            };
+            image::Luma([base + ((x * 31 + y * 17) % 60) as u16])
+        });
+    img.save(path).unwrap();
+}
+
+#[test]
+fn predict_without_a_roi_uses_the_bundles_localiser() {
+    let t = setup();
+    let bundle = t.dir.join("loc-bundle");
+    let o = tirp(&["predict", "fixture", "--out", s(&bundle), "--localiser"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let png = t.dir.join("lesion.png");
+    lesion_png(&png, true);
+    let overlay = t.dir.join("auto.png");
+    let v = ok_json(&tirp(&[
+        "--json",
+        "predict",
+        s(&png),
+        "--bundle",
+        s(&bundle),
+        "--heatmap",
+        s(&overlay),
+    ]));
+    assert_eq!(v["roi_source"], "localiser", "{v}");
+    assert_eq!(v["review"], false);
+    let conf = v["localiser"]["confidence"].as_f64().unwrap();
+    assert!(conf > 0.9, "{conf}");
+    assert_eq!(v["localiser"]["min_confidence"], 0.5);
+    assert_eq!(v["localiser"]["roi"], v["roi"]);
+    let r = |k: &str| v["roi"][k].as_u64().unwrap();
+    let (x, y, w, h) = (r("x"), r("y"), r("w"), r("h"));
+    assert!(
+        x <= 200 && y <= 130 && x + w >= 264 && y + h >= 194 && w <= 101 && h <= 101,
+        "box {x},{y},{w},{h} should cover the lesion at 200,130,64,64"
+    );
+    assert!(v["timings"]["localise_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["members"].as_array().unwrap().len(), 3);
+    assert!(image::open(&overlay).is_ok());
+    let o = tirp(&["predict", s(&png), "--bundle", s(&bundle)]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && text.contains("(localiser, confidence 0.9"),
+        "{text}"
+    );
+
+    // A given box wins.
+    let v = ok_json(&tirp(&[
+        "--json",
+        "predict",
+        s(&png),
+        "--bundle",
+        s(&bundle),
+        "--roi",
+        "10,10,60,50",
+    ]));
+    assert_eq!(v["roi_source"], "caller");
+    assert!(v["localiser"].is_null());
+    assert_eq!(v["timings"]["localise_ms"], 0.0);
+
+    // Nothing to localise: not classified, valid JSON, said so in the text.
+    let flat = t.dir.join("flat.png");
+    lesion_png(&flat, false);
+    let v = ok_json(&tirp(&[
+        "--json",
+        "predict",
+        s(&flat),
+        "--bundle",
+        s(&bundle),
+    ]));
+    assert_eq!(v["review"], true, "{v}");
+    assert_eq!(v["flag"], "no lesion localised — review");
+    assert_eq!(v["pbt"], false);
+    assert_eq!(v["probability"], 0.0);
+    assert_eq!(v["members"].as_array().unwrap().len(), 0);
+    assert!(v["localiser"]["confidence"].as_f64().unwrap() < 0.5);
+    let o = tirp(&["predict", s(&flat), "--bundle", s(&bundle)]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && text.contains("no lesion localised — review"),
+        "{text}"
+    );
+
+    // The bench times the localiser and the whole prediction without a ROI.
+    let v = ok_json(&tirp(&[
+        "--json",
+        "predict",
+        "bench",
+        "--bundle",
+        s(&bundle),
+        "--iters",
+        "3",
+    ]));
+    for stage in ["localiser", "end_to_end_auto_roi"] {
+        assert!(
+            v["stages"][stage]["p50_ms"].as_f64().unwrap() > 0.0,
+            "{stage}"
+        );
+    }
+    assert_eq!(v["localiser"]["input_size"], 64);
+
+    // eval --roi auto needs a localiser; with one it reports what it did.
+    let cohort = t.dir.join("cohort");
+    let o = tirp(&[
+        "cohort",
+        "generate",
+        "--out",
+        s(&cohort),
+        "--patients",
+        "20",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let labels = cohort.join("labels.csv");
+    let preds = t.dir.join("pred.csv");
+    let eval = |b: &Path, roi: &str| {
+        tirp(&[
+            "--json",
+            "eval",
+            "--labels",
+            s(&labels),
+            "--split",
+            "all",
+            "--bundle",
+            s(b),
+            "--out",
+            s(&preds),
+            "--roi",
+            roi,
+        ])
+    };
+    fails_with(&eval(&t.bundle, "auto"), "no localiser");
+    let v = ok_json(&eval(&bundle, "auto"));
+    assert_eq!(v["roi"], "auto");
+    let n_review = v["localiser"]["n_review"].as_u64().unwrap();
+    assert_eq!(
+        v["n"].as_u64().unwrap() + n_review,
+        v["n_studies"].as_u64().unwrap()
+    );
+    assert_eq!(v["roi_sources"]["localiser"], v["n_studies"]);
+    assert!(
+        v["localiser"]["iou_with_recorded"]["n"].as_u64().unwrap() > 0,
+        "{v}"
+    );
+    let v = ok_json(&eval(&bundle, "recorded"));
+    assert_eq!(v["roi"], "recorded");
+    assert_eq!(v["roi_sources"]["caller"], v["n_studies"]);
+}

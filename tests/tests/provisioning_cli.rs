@@ -141,6 +141,7 @@ fn seed_inferences(data: &Path, n: usize) {
                 .collect(),
             probability: 0.1 * i as f64 + 0.25,
             flag: i > 1,
+            review: false,
             threshold: 0.5,
             latency: StageLatency {
                 decode_ms: 5.0,

@@ -8,7 +8,11 @@
 //! studies, never during one), predicts, writes the overlay PNG, queues the Secondary
 //! Capture and SRs in the [`Outbox`], commits the result (the point where the study counts
 //! as processed), appends the inference record to the device log and publishes it to the
-//! dashboard. A crash anywhere before the commit reprocesses the study (results are
+//! dashboard. A "no lesion localised — review" result (the bundle's localiser found nothing
+//! confident enough, [`crate::engine::FLAG_NO_LESION`]) is done with that flag, no
+//! probability and no PBT/infection claim: its overlay is written and it is committed,
+//! logged (`review: true`) and published, but no Secondary Capture or SR is sent, since they
+//! would report a finding that was never made. A crash anywhere before the commit reprocesses the study (results are
 //! deterministic: same objects, same UIDs); after it, only the device-log record is checked
 //! and written if missing, so each study is logged exactly once.
 
@@ -346,8 +350,9 @@ impl Station {
             Ok((p, png, inference)) => {
                 view.state = StudyState::Done;
                 view.flag = Some(p.flag.clone());
-                view.pbt = Some(p.pbt);
-                view.probability = Some(p.probability);
+                // A review result claims neither class and has no probability.
+                view.pbt = (!p.review).then_some(p.pbt);
+                view.probability = (!p.review).then_some(p.probability);
                 view.threshold = Some(p.threshold);
                 view.bundle = Some(format!("{} {}", p.bundle.name, p.bundle.version));
                 view.backend = Some(p.backend.clone());
@@ -369,12 +374,15 @@ impl Station {
                     eprintln!("tirpd: study {}: device log: {e}", tag(id));
                 }
                 self.processed.fetch_add(1, Ordering::Relaxed);
+                let score = match &p.localiser {
+                    Some(l) if p.review => format!("localiser confidence {:.3}", l.confidence),
+                    _ => format!("p = {:.3}", p.probability),
+                };
                 eprintln!(
-                    "tirpd: study {} from {}: {} (p = {:.3}) in {:.0} ms, {} ms after its first byte",
+                    "tirpd: study {} from {}: {} ({score}) in {:.0} ms, {} ms after its first byte",
                     tag(id),
                     meta.source,
                     p.flag,
-                    p.probability,
                     t.elapsed().as_secs_f64() * 1e3,
                     done.saturating_sub(meta.received_unix_ms)
                 );
@@ -456,16 +464,19 @@ impl Station {
             device_id: self.device.device_id().to_owned(),
             time: SystemTime::UNIX_EPOCH + Duration::from_millis(meta.received_unix_ms),
         };
-        let objects = results::build(&ctx).context("build the result objects")?;
-        for (kind, o) in [
-            ("sc", &objects.secondary_capture),
-            ("sr", &objects.basic_text_sr),
-            ("csr", &objects.comprehensive_sr),
-        ] {
-            let mut bytes = Vec::new();
-            o.write_all(&mut bytes)
-                .with_context(|| format!("encode the {kind} object"))?;
-            self.outbox.enqueue(&format!("{id}-{kind}"), &bytes)?;
+        // No result objects for "no lesion localised": they would report a finding.
+        if !p.review {
+            let objects = results::build(&ctx).context("build the result objects")?;
+            for (kind, o) in [
+                ("sc", &objects.secondary_capture),
+                ("sr", &objects.basic_text_sr),
+                ("csr", &objects.comprehensive_sr),
+            ] {
+                let mut bytes = Vec::new();
+                o.write_all(&mut bytes)
+                    .with_context(|| format!("encode the {kind} object"))?;
+                self.outbox.enqueue(&format!("{id}-{kind}"), &bytes)?;
+            }
         }
         let study_uid = text(obj, tags::STUDY_INSTANCE_UID).unwrap_or_else(|| id.clone());
         let inference = InferenceRecord {
@@ -484,11 +495,15 @@ impl Station {
                 .collect(),
             probability: p.probability as f64,
             flag: p.pbt,
+            review: p.review,
             threshold: p.threshold as f64,
             latency: StageLatency {
                 decode_ms,
                 preprocess_ms: p.timings.preprocess_ms,
-                inference_ms: p.timings.members_ms + p.timings.stacker_ms + p.timings.explain_ms,
+                inference_ms: p.timings.localise_ms
+                    + p.timings.members_ms
+                    + p.timings.stacker_ms
+                    + p.timings.explain_ms,
                 total_ms: t.elapsed().as_secs_f64() * 1e3,
             },
             study_key: self.device.study_key(&study_uid),

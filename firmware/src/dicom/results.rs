@@ -15,7 +15,7 @@
 //! resend, not a duplicate). Codes in the private scheme [`PRIVATE_SCHEME`] are declared in
 //! the Coding Scheme Identification Sequence.
 
-use crate::engine::overlay::{self, BACKGROUND, LINE_H, MARGIN, ROI_COLOUR};
+use crate::engine::overlay::{self, BACKGROUND, LINE_H, MARGIN};
 use crate::engine::{NOTICE, Prediction, cam};
 use crate::preprocess::GrayImage;
 use dicom_core::value::DataSetSequence;
@@ -250,8 +250,17 @@ pub fn heatmap_image(image: &GrayImage, p: &Prediction) -> Result<RgbImage> {
             to_out(roi.y + roi.h) - 1,
         ),
         (0, 0, ow, oh),
-        ROI_COLOUR,
+        overlay::roi_colour(p),
     );
+    if let Some(label) = overlay::roi_label(p) {
+        overlay::draw_roi_label(
+            &mut out,
+            &label,
+            (to_out(roi.x), to_out(roi.y), to_out(roi.x + roi.w) - 1),
+            (0, 0, ow, oh),
+            overlay::roi_colour(p),
+        );
+    }
     overlay::draw_text_band(&mut out, p, &lines, MARGIN, oh + MARGIN);
     Ok(out)
 }

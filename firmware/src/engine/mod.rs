@@ -1,11 +1,18 @@
 //! The inference engine: a model bundle (`ensemble.json` + ONNX files, see
 //! [`crate::ensemble`]) loaded once into tract plans, and the prediction for one radiograph.
 //!
-//! Flow of [`Engine::predict`]: ROI (the caller's, or the whole image) → the shared
-//! preprocessing → every image member (in parallel threads when allowed) → member
+//! Flow of [`Engine::predict`]: ROI (the caller's; else the bundle's localiser's, see
+//! [`crate::localise`]; else the whole image) → the shared preprocessing → every image member (in parallel threads when allowed) → member
 //! probabilities σ(logit) and the clinical features → the stacker → `probability ≥
 //! threshold` flags a suspected primary bone tumour → the heat-map (Grad-CAM from the
 //! members' `cam` outputs, or Score-CAM by masked re-runs).
+//!
+//! **No lesion localised.** When the localiser's confidence is below the bundle's
+//! `min_confidence`, nothing is classified: the [`Prediction`] has `review: true`, the flag
+//! [`FLAG_NO_LESION`], `pbt: false`, `probability: 0` (not a score: no member ran, so read
+//! `review` before `probability`), no members, and an all-zero heat-map over the whole image;
+//! `localiser` holds the box it would have used and its confidence. A caller's ROI always
+//! wins: the localiser is not run.
 //!
 //! ```no_run
 //! # use tirp_firmware::engine::*;
@@ -28,6 +35,7 @@ use crate::clinical::{Sex, Site, clinical};
 use crate::ensemble::{
     EnsembleSpec, MEMBER_CAM, MEMBER_LOGIT, MemberSpec, STACKER_OUTPUT, SpecError,
 };
+use crate::localise;
 use crate::preprocess::{GrayImage, PreprocessError, PreprocessSpec, Roi};
 use crate::radiograph::{self, DicomHeader, Format, LoadError, Photometric};
 use serde::{Deserialize, Serialize};
@@ -39,6 +47,8 @@ pub const MEMBER_FMAP: &str = "fmap";
 /// Flag texts.
 pub const FLAG_PBT: &str = "suspected primary bone tumour";
 pub const FLAG_INFECTION: &str = "suspected bone infection";
+/// The flag when the localiser found nothing confident enough to classify.
+pub const FLAG_NO_LESION: &str = "no lesion localised — review";
 pub const NOTICE: &str = "NOT FOR DIAGNOSTIC USE";
 /// Ages the engine accepts, in years.
 pub const AGE_RANGE: std::ops::RangeInclusive<f32> = 0.0..=120.0;
@@ -138,6 +148,29 @@ pub enum RoiSource {
     Caller,
     /// None given, no localiser: the whole image.
     WholeImage,
+    /// None given: found by the bundle's localiser (see [`Prediction::localiser`]).
+    Localiser,
+}
+
+/// What the localiser found (present whenever it ran, i.e. no ROI was given and the bundle
+/// has one).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct LocaliserReport {
+    /// The heat-map's value at the chosen cell (0–1).
+    pub confidence: f32,
+    /// The box it found, in image pixels (the prediction's ROI unless `review`).
+    pub roi: Roi,
+    /// The bundle's threshold: below it the result is [`FLAG_NO_LESION`].
+    pub min_confidence: f32,
+    /// Letterbox, graph and decoding.
+    pub ms: f64,
+}
+
+impl LocaliserReport {
+    /// Whether the box is confident enough to classify.
+    pub fn localised(&self) -> bool {
+        self.confidence >= self.min_confidence
+    }
 }
 
 /// How the engine runs.
@@ -184,6 +217,7 @@ pub struct Engine {
     dir: PathBuf,
     members: Vec<LoadedMember>,
     stacker: Plan,
+    localiser: Option<Plan>,
     threads: usize,
     backend: String,
     load_ms: f64,
@@ -261,6 +295,8 @@ pub struct HeatMap {
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
 pub struct Timings {
     pub decode_ms: f64,
+    /// The localiser (0 when it did not run).
+    pub localise_ms: f64,
     pub preprocess_ms: f64,
     pub members_ms: f64,
     pub stacker_ms: f64,
@@ -279,13 +315,19 @@ pub struct Prediction {
     pub flag: String,
     /// Whether the flag is "suspected primary bone tumour".
     pub pbt: bool,
-    /// The stacker's probability of a primary bone tumour.
+    /// No lesion localised (the localiser's confidence was below its minimum): nothing was
+    /// classified, the flag is [`FLAG_NO_LESION`], `pbt` false, `probability` 0, no members.
+    pub review: bool,
+    /// The stacker's probability of a primary bone tumour (0, and meaningless, when
+    /// `review`).
     pub probability: f32,
     pub threshold: f32,
     pub members: Vec<MemberResult>,
     pub clinical: ClinicalReport,
     pub roi: Roi,
     pub roi_source: RoiSource,
+    /// What the localiser found, when it ran (`None`: a caller's ROI, or no localiser).
+    pub localiser: Option<LocaliserReport>,
     pub backend: String,
     pub bundle: BundleId,
     pub timings: Timings,
@@ -364,10 +406,49 @@ impl Engine {
             options.gpu,
         )?;
         check_dims(&stacker, 0, STACKER_OUTPUT, &[1])?;
+        let localiser = match &spec.localiser {
+            None => None,
+            Some(l) => {
+                let bad = |m: String| EngineError::Bundle {
+                    dir: dir.to_owned(),
+                    source: SpecError::Invalid(format!("localiser: {m}")),
+                };
+                if l.input_size < localise::STRIDE || l.input_size % localise::STRIDE != 0 {
+                    return Err(bad(format!(
+                        "input_size {} is not a positive multiple of {}",
+                        l.input_size,
+                        localise::STRIDE
+                    )));
+                }
+                if !(l.std > 0.0 && l.std.is_finite() && l.mean.is_finite()) {
+                    return Err(bad(format!("mean {} / std {}", l.mean, l.std)));
+                }
+                if !(0.0..=1.0).contains(&l.min_confidence) {
+                    return Err(bad(format!(
+                        "min_confidence {} outside [0, 1]",
+                        l.min_confidence
+                    )));
+                }
+                let side = l.input_size as usize;
+                let plan = Plan::load(
+                    &dir.join(&l.file),
+                    &[1, side, side],
+                    &[localise::HEATMAP, localise::OFFSET, localise::SIZE],
+                    &[],
+                    options.gpu,
+                )?;
+                let c = localise::cells(l.input_size);
+                check_dims(&plan, 0, localise::HEATMAP, &[1, c, c])?;
+                check_dims(&plan, 1, localise::OFFSET, &[2, c, c])?;
+                check_dims(&plan, 2, localise::SIZE, &[2, c, c])?;
+                Some(plan)
+            }
+        };
         let mut backends: Vec<&str> = members
             .iter()
             .map(|m| m.plan.backend.as_str())
             .chain([stacker.backend.as_str()])
+            .chain(localiser.iter().map(|p| p.backend.as_str()))
             .collect();
         backends.dedup();
         let backend = backends.join("+");
@@ -376,6 +457,7 @@ impl Engine {
             dir: dir.to_owned(),
             members,
             stacker,
+            localiser,
             threads: options.threads.max(1),
             backend,
             load_ms: ms(t),
@@ -404,6 +486,70 @@ impl Engine {
         self.threads
     }
 
+    /// Whether the bundle has a lesion localiser (used when no ROI is given).
+    pub fn has_localiser(&self) -> bool {
+        self.localiser.is_some()
+    }
+
+    /// Runs the bundle's localiser on the whole radiograph (`None`: the bundle has none):
+    /// [`localise::letterbox`] with the members' percentiles → the localiser's mean/std →
+    /// the graph → [`localise::decode`].
+    pub fn localise(&self, image: &GrayImage) -> Result<Option<LocaliserReport>> {
+        let (Some(plan), Some(spec)) = (&self.localiser, &self.spec.localiser) else {
+            return Ok(None);
+        };
+        let t = Instant::now();
+        let pp = &self.spec.preprocess;
+        let lb = localise::letterbox(
+            image,
+            spec.input_size,
+            pp.low_percentile,
+            pp.high_percentile,
+        )?;
+        let x: Vec<f32> = lb
+            .pixels
+            .iter()
+            .map(|v| (v - spec.mean) / spec.std)
+            .collect();
+        let side = spec.input_size as usize;
+        let c = localise::cells(spec.input_size);
+        let out = plan.run(&x, 1, &[1, side, side])?;
+        for (o, name, ch) in [
+            (&out[0], localise::HEATMAP, 1),
+            (&out[1], localise::OFFSET, 2),
+            (&out[2], localise::SIZE, 2),
+        ] {
+            if o.shape != [1, ch, c, c] {
+                return Err(EngineError::Shape {
+                    file: plan.file.clone(),
+                    output: name.to_owned(),
+                    got: o.shape.clone(),
+                    expected: vec![1, ch, c, c],
+                });
+            }
+        }
+        let d = localise::decode(
+            &out[0].values,
+            &out[2].values,
+            &out[1].values,
+            c,
+            lb.scale,
+            image.width,
+            image.height,
+        );
+        Ok(Some(LocaliserReport {
+            // A graph giving NaN everywhere decodes to −∞: not a lesion, and JSON-safe.
+            confidence: if d.confidence.is_finite() {
+                d.confidence
+            } else {
+                0.0
+            },
+            roi: d.roi,
+            min_confidence: spec.min_confidence,
+            ms: ms(t),
+        }))
+    }
+
     /// Whether every member exports its feature map (Score-CAM possible).
     pub fn has_feature_maps(&self) -> bool {
         self.members.iter().all(|m| m.plan.has_output(MEMBER_FMAP))
@@ -428,7 +574,9 @@ impl Engine {
         Ok(p)
     }
 
-    /// The prediction for `image` (MONOCHROME2) and its lesion box (`None`: the whole image).
+    /// The prediction for `image` (MONOCHROME2) and its lesion box (`None`: the bundle's
+    /// localiser finds it, or the whole image without one). A localiser confidence below its
+    /// minimum gives a `review` prediction ([`FLAG_NO_LESION`], see the module docs).
     pub fn predict(
         &self,
         image: &GrayImage,
@@ -438,18 +586,28 @@ impl Engine {
     ) -> Result<Prediction> {
         let start = Instant::now();
         clinical_input.validate()?;
-        let (roi, roi_source) = match roi {
-            Some(r) => (r, RoiSource::Caller),
-            None => (image.full_roi(), RoiSource::WholeImage),
+        let mut timings = Timings::default();
+        let (roi, roi_source, localiser) = match roi {
+            Some(r) => (r, RoiSource::Caller, None),
+            None => match self.localise(image)? {
+                Some(rep) => {
+                    timings.localise_ms = rep.ms;
+                    (rep.roi, RoiSource::Localiser, Some(rep))
+                }
+                None => (image.full_roi(), RoiSource::WholeImage, None),
+            },
         };
+        if let Some(rep) = localiser
+            && !rep.localised()
+        {
+            return self.no_lesion(image, rep, clinical_input, explain, timings, start);
+        }
+        let t = Instant::now();
         let pp = &self.spec.preprocess;
         let square = pp.crop_box(image, roi)?;
         let scaled = pp.scaled_crop(image, roi)?;
         let x = standardise(&scaled, pp);
-        let mut timings = Timings {
-            preprocess_ms: ms(start),
-            ..Default::default()
-        };
+        timings.preprocess_ms = ms(t);
 
         let t = Instant::now();
         let runs = self.map_members(|_, m| self.run_member(m, &x, 1).map(|mut v| v.remove(0)))?;
@@ -478,19 +636,10 @@ impl Engine {
 
         let threshold = self.spec.threshold;
         let pbt = probability >= threshold;
-        let mut missing = Vec::new();
-        for (name, absent) in [
-            ("age", age.is_none()),
-            ("sex", sex.is_none()),
-            ("site", site.is_none()),
-        ] {
-            if absent {
-                missing.push(name.to_owned());
-            }
-        }
         Ok(Prediction {
             flag: if pbt { FLAG_PBT } else { FLAG_INFECTION }.to_owned(),
             pbt,
+            review: false,
             probability,
             threshold,
             members: self
@@ -504,20 +653,58 @@ impl Engine {
                     probability: p,
                 })
                 .collect(),
-            clinical: ClinicalReport {
-                age,
-                sex: sex.map(|s| s.to_string()),
-                site: site.map(|s| s.to_string()),
-                missing,
-                from_dicom: Vec::new(),
-            },
+            clinical: clinical_report(clinical_input),
             roi,
             roi_source,
+            localiser,
             backend: self.backend.clone(),
-            bundle: BundleId {
-                name: self.spec.name.clone(),
-                version: self.spec.version.clone(),
-            },
+            bundle: self.bundle_id(),
+            timings,
+            heatmap,
+            notice: NOTICE,
+        })
+    }
+
+    fn bundle_id(&self) -> BundleId {
+        BundleId {
+            name: self.spec.name.clone(),
+            version: self.spec.version.clone(),
+        }
+    }
+
+    /// The `review` prediction: nothing classified, the localiser's box kept for display,
+    /// an all-zero heat-map over the whole image (the overlay shows the whole radiograph).
+    fn no_lesion(
+        &self,
+        image: &GrayImage,
+        rep: LocaliserReport,
+        clinical_input: ClinicalInput,
+        explain: Explain,
+        mut timings: Timings,
+        start: Instant,
+    ) -> Result<Prediction> {
+        let square = self.spec.preprocess.crop_box(image, image.full_roi())?;
+        let side = self.spec.preprocess.input_size as usize;
+        let crop = CropBox {
+            x: square.x,
+            y: square.y,
+            side: square.w,
+        };
+        let heatmap = self.heat_map(explain, crop, vec![0.0; side * side], None, Vec::new());
+        timings.total_ms = ms(start);
+        Ok(Prediction {
+            flag: FLAG_NO_LESION.to_owned(),
+            pbt: false,
+            review: true,
+            probability: 0.0,
+            threshold: self.spec.threshold,
+            members: Vec::new(),
+            clinical: clinical_report(clinical_input),
+            roi: rep.roi,
+            roi_source: RoiSource::Localiser,
+            localiser: Some(rep),
+            backend: self.backend.clone(),
+            bundle: self.bundle_id(),
             timings,
             heatmap,
             notice: NOTICE,
@@ -746,6 +933,25 @@ impl Engine {
             })
             .collect();
         (ensemble, members)
+    }
+}
+
+fn clinical_report(c: ClinicalInput) -> ClinicalReport {
+    let missing = [
+        ("age", c.age.is_none()),
+        ("sex", c.sex.is_none()),
+        ("site", c.site.is_none()),
+    ]
+    .into_iter()
+    .filter(|(_, absent)| *absent)
+    .map(|(name, _)| name.to_owned())
+    .collect();
+    ClinicalReport {
+        age: c.age,
+        sex: c.sex.map(|s| s.to_string()),
+        site: c.site.map(|s| s.to_string()),
+        missing,
+        from_dicom: Vec::new(),
     }
 }
 

@@ -1,8 +1,9 @@
 //! The heat-map overlay a radiographer sees: the crop the members looked at (with the ROI
-//! box drawn), the PBT-evidence map blended in the turbo colour map, a legend bar, and a
+//! box drawn and labelled by where it came from: "AUTO ROI 0.93" for the localiser's, with
+//! its confidence, "ROI" for the caller's), the PBT-evidence map blended in the turbo colour map, a legend bar, and a
 //! text band with the flag, the probability and "NOT FOR DIAGNOSTIC USE".
 
-use super::{Prediction, cam};
+use super::{Prediction, RoiSource, cam};
 use crate::glyphs;
 use crate::preprocess::GrayImage;
 use image::{ImageBuffer, Rgb, RgbImage};
@@ -19,6 +20,10 @@ const MAX_ALPHA: f32 = 0.6;
 pub(crate) const BACKGROUND: Rgb<u8> = Rgb([16, 16, 16]);
 /// Colour of the ROI box.
 pub(crate) const ROI_COLOUR: Rgb<u8> = Rgb([255, 255, 0]);
+/// Colour of a localiser box below its minimum confidence (not classified).
+pub(crate) const WEAK_ROI_COLOUR: Rgb<u8> = Rgb([150, 150, 150]);
+/// Colour of the flag line of a "no lesion localised" result.
+const REVIEW_COLOUR: Rgb<u8> = Rgb([255, 200, 60]);
 
 /// Turbo (Mikhailov 2019), the published degree-5 polynomial fit: perceptually ordered,
 /// near-black (0) → blue → green → red → dark red (1).
@@ -115,8 +120,17 @@ pub fn render(image: &GrayImage, p: &Prediction) -> RgbImage {
         &mut out,
         (x0, y0, x1, y1),
         (ox, oy, PANEL, PANEL),
-        ROI_COLOUR,
+        roi_colour(p),
     );
+    if let Some(label) = roi_label(p) {
+        draw_roi_label(
+            &mut out,
+            &label,
+            (x0, y0, x1),
+            (ox, oy, PANEL, PANEL),
+            roi_colour(p),
+        );
+    }
 
     // Legend: the colour bar, 0 at the bottom, the map's maximum at the top.
     let lx = ox + PANEL + MARGIN;
@@ -192,6 +206,60 @@ pub(crate) fn draw_box(
     }
 }
 
+/// The ROI box's label: `AUTO ROI 0.93` (the localiser's, with its confidence), `ROI` (the
+/// caller's), none for the whole image.
+pub fn roi_label(p: &Prediction) -> Option<String> {
+    match (p.roi_source, &p.localiser) {
+        (RoiSource::Localiser, Some(l)) => Some(format!("AUTO ROI {:.2}", l.confidence)),
+        (RoiSource::Caller, _) => Some("ROI".to_owned()),
+        _ => None,
+    }
+}
+
+pub(crate) fn roi_colour(p: &Prediction) -> Rgb<u8> {
+    if p.review {
+        WEAK_ROI_COLOUR
+    } else {
+        ROI_COLOUR
+    }
+}
+
+/// Draws `label` just above the box whose top-left is `(x0, y0)` and right edge `x1`
+/// (inside its top edge when there is no room above), kept within `clip = (x, y, w, h)`.
+pub(crate) fn draw_roi_label(
+    img: &mut RgbImage,
+    label: &str,
+    (x0, y0, _x1): (i64, i64, i64),
+    (ox, oy, w, h): (u32, u32, u32, u32),
+    colour: Rgb<u8>,
+) {
+    let tw = glyphs::text_width(label, TEXT_SCALE) as i64;
+    let th = (glyphs::GLYPH_H * TEXT_SCALE) as i64;
+    let x = x0.clamp(0, (w as i64 - tw).max(0));
+    let y = if y0 - th - 2 >= 0 {
+        y0 - th - 2
+    } else {
+        y0.max(0) + 3
+    };
+    let y = y.clamp(0, (h as i64 - th).max(0));
+    // A dark backing so the label reads over bright bone.
+    for dy in -1..=th {
+        for dx in -1..=tw {
+            let (px, py) = (x + dx, y + dy);
+            if (0..w as i64).contains(&px) && (0..h as i64).contains(&py) {
+                img.put_pixel(ox + px as u32, oy + py as u32, BACKGROUND);
+            }
+        }
+    }
+    let (iw, ih) = img.dimensions();
+    glyphs::render(label, TEXT_SCALE, |dx, dy| {
+        let (px, py) = (x + dx as i64, y + dy as i64);
+        if px < w as i64 && py < h as i64 && ox + (px as u32) < iw && oy + (py as u32) < ih {
+            img.put_pixel(ox + px as u32, oy + py as u32, colour);
+        }
+    });
+}
+
 /// Width of the text band for `lines`, margins included.
 pub(crate) fn text_band_width(lines: &[String]) -> u32 {
     lines
@@ -209,6 +277,7 @@ pub(crate) fn draw_text_band(img: &mut RgbImage, p: &Prediction, lines: &[String
     let mut ty = y;
     for (i, line) in lines.iter().enumerate() {
         let colour = match i {
+            0 if p.review => REVIEW_COLOUR,
             0 if p.pbt => Rgb([255, 110, 90]),
             0 => Rgb([120, 200, 255]),
             _ if line == super::NOTICE => Rgb([255, 220, 0]),
@@ -219,10 +288,24 @@ pub(crate) fn draw_text_band(img: &mut RgbImage, p: &Prediction, lines: &[String
     }
 }
 
-/// The text band's lines: flag, probability and threshold, bundle, notice.
+/// The text band's lines: flag, probability and threshold (for a "no lesion localised"
+/// result: the localiser's confidence and minimum instead), bundle, notice.
 pub(crate) fn text_lines(p: &Prediction) -> Vec<String> {
+    // The glyph set is ASCII: the flag's dash is drawn as '-'.
+    let flag = p.flag.to_uppercase().replace('—', "-");
+    if p.review {
+        let (c, min) = p
+            .localiser
+            .map_or((0.0, 0.0), |l| (l.confidence, l.min_confidence));
+        return vec![
+            flag,
+            format!("LOCALISER CONFIDENCE {c:.2} BELOW {min:.2}: NOT CLASSIFIED"),
+            format!("{} {}", p.bundle.name, p.bundle.version),
+            super::NOTICE.to_owned(),
+        ];
+    }
     vec![
-        p.flag.to_uppercase(),
+        flag,
         format!(
             "P(PBT) = {:.3}   THRESHOLD {:.3}   {}",
             p.probability,

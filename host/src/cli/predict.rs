@@ -15,8 +15,8 @@ use std::time::Instant;
 use tirp_firmware::clinical::{Sex, Site, clinical as clinical_features};
 use tirp_firmware::engine::cam::sigmoid;
 use tirp_firmware::engine::{
-    ClinicalInput, Engine, EngineOptions, Explain, MEMBER_FMAP, Plan, Prediction, load_input,
-    overlay,
+    ClinicalInput, Engine, EngineOptions, Explain, MEMBER_FMAP, Plan, Prediction, RoiSource,
+    load_input, overlay,
 };
 use tirp_firmware::ensemble::{ENSEMBLE_FILE, MEMBER_CAM, MEMBER_LOGIT, STACKER_OUTPUT};
 use tirp_firmware::preprocess::Roi;
@@ -47,7 +47,8 @@ pub struct PredictArgs {
     /// Lesion site: femur, tibia, humerus, radius_ulna, fibula, pelvis.
     #[arg(long)]
     site: Option<Site>,
-    /// Lesion box in image pixels, `x,y,w,h` (default: the whole image).
+    /// Lesion box in image pixels, `x,y,w,h` (default: the bundle's localiser finds it, or
+    /// the whole image when the bundle has none). A given box always wins.
     #[arg(long, value_parser = parse_roi)]
     roi: Option<Roi>,
     /// Heat-map method.
@@ -79,6 +80,9 @@ enum PredictCommand {
         /// The shipped member architectures instead of the small test ones.
         #[arg(long)]
         full_size: bool,
+        /// Also write a hand-made localiser (finds the brightest region).
+        #[arg(long)]
+        localiser: bool,
     },
     /// Times the engine on a bundle: cold start, then p50/p95 per stage and end to end.
     #[command(hide = true)]
@@ -127,6 +131,14 @@ pub struct EvalArgs {
     /// Truth CSV (study_key, label) for `tirp audit --truth`; default: truth.csv beside --out.
     #[arg(long)]
     truth_out: Option<PathBuf>,
+    /// Lesion boxes: `recorded` = the table's boxes (a record without one gets the engine's
+    /// default: the bundle's localiser, else the whole image); `auto` = the bundle's
+    /// localiser finds every box (the table's boxes are only compared with its boxes, and
+    /// the ensemble AUC with the recorded boxes on the same studies is reported beside).
+    /// Studies the localiser cannot localise ("no lesion localised — review") are left out
+    /// of the predictions and the AUC, and counted.
+    #[arg(long, default_value = "recorded", value_parser = ["recorded", "auto"])]
+    roi: String,
 }
 
 fn parse_roi(s: &str) -> Result<Roi, String> {
@@ -202,11 +214,13 @@ pub fn run_predict(args: PredictArgs, out: &Output) -> Result<()> {
             size,
             seed,
             full_size,
+            localiser,
         }) => {
             let cfg = tirp_models::fixture::FixtureConfig {
                 input_size: size,
                 seed,
                 full_size,
+                localiser: localiser.then(Default::default),
                 ..Default::default()
             };
             let fx = tirp_models::fixture::write_bundle(&dir, &cfg)
@@ -276,6 +290,37 @@ fn human(p: &Prediction, path: &Path, overlay: Option<&Path>) -> String {
     }
     let t = &p.timings;
     let hm = &p.heatmap;
+    let source = match (p.roi_source, &p.localiser) {
+        (RoiSource::Caller, _) => "given".to_owned(),
+        (RoiSource::WholeImage, _) => "whole image: no ROI given, no localiser".to_owned(),
+        (RoiSource::Localiser, Some(l)) => format!(
+            "localiser, confidence {:.3} (minimum {:.3})",
+            l.confidence, l.min_confidence
+        ),
+        (RoiSource::Localiser, None) => "localiser".to_owned(),
+    };
+    if p.review {
+        return format!(
+            "{}: {}
+  not classified: the localiser's best box {},{},{},{} has confidence              below the minimum ({source})
+  clinical: {clinical}
+  bundle {} {} on {};              {:.1} ms (decode {:.1}, localiser {:.1})
+{}",
+            path.display(),
+            p.flag,
+            p.roi.x,
+            p.roi.y,
+            p.roi.w,
+            p.roi.h,
+            p.bundle.name,
+            p.bundle.version,
+            p.backend,
+            t.total_ms,
+            t.decode_ms,
+            t.localise_ms,
+            p.notice
+        );
+    }
     let mut s = format!(
         "{}: {}\n  P(primary bone tumour) = {:.3} (threshold {:.3})\n  members: {members}\n  \
          clinical: {clinical}\n  ROI {},{},{},{} ({})\n  heat-map: {}, peak at ({:.0}, {:.0})",
@@ -287,10 +332,7 @@ fn human(p: &Prediction, path: &Path, overlay: Option<&Path>) -> String {
         p.roi.y,
         p.roi.w,
         p.roi.h,
-        match p.roi_source {
-            tirp_firmware::engine::RoiSource::Caller => "given",
-            tirp_firmware::engine::RoiSource::WholeImage => "whole image: no ROI given",
-        },
+        source,
         hm.method,
         hm.peak.x,
         hm.peak.y,
@@ -299,13 +341,14 @@ fn human(p: &Prediction, path: &Path, overlay: Option<&Path>) -> String {
         s += &format!(" → {}", o.display());
     }
     s += &format!(
-        "\n  bundle {} {} on {}; {:.1} ms (decode {:.1}, preprocess {:.1}, members {:.1}, \
-         stacker {:.2}, explain {:.1})\n{}",
+        "\n  bundle {} {} on {}; {:.1} ms (decode {:.1}, localiser {:.1}, preprocess {:.1}, \
+         members {:.1}, stacker {:.2}, explain {:.1})\n{}",
         p.bundle.name,
         p.bundle.version,
         p.backend,
         t.total_ms,
         t.decode_ms,
+        t.localise_ms,
         t.preprocess_ms,
         t.members_ms,
         t.stacker_ms,
@@ -356,38 +399,54 @@ pub fn run_eval(args: EvalArgs, out: &Output) -> Result<()> {
         threads: Some(1),
     }
     .load()?;
-    let bar = ProgressBar::new(records.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} scoring [{bar:40}] {pos}/{len} radiographs {per_sec} ETA {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
+    let auto = args.roi == "auto";
+    ensure!(
+        !auto || engine.has_localiser(),
+        "--roi auto: the bundle {} has no localiser (no `localiser` in its {ENSEMBLE_FILE})",
+        engine.dir().display()
     );
     let start = Instant::now();
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(workers.max(1))
         .build()
         .context("starting the worker threads")?;
-    let preds: Vec<Prediction> = pool.install(|| {
-        records
-            .par_iter()
-            .map(|r| {
-                let img = tirp_models::radiograph::load_record(r)?;
-                let clinical = ClinicalInput {
-                    age: r.age,
-                    sex: r.sex,
-                    site: r.site,
-                };
-                let p = engine
-                    .predict(&img, r.roi, clinical, Explain::GradCam)
-                    .with_context(|| format!("{}", r.path.display()))?;
-                bar.inc(1);
-                Ok(p)
-            })
-            .collect::<Result<_>>()
-    })?;
-    bar.finish_and_clear();
+    let all_preds = score_records(&engine, &pool, &records, !auto, "scoring")?;
+    let n_all = all_preds.len();
+
+    // What the localiser did, against the table's boxes where it has them.
+    let mut ious: Vec<f64> = Vec::new();
+    let mut sources = std::collections::BTreeMap::<String, usize>::new();
+    let mut review_keys = Vec::new();
+    for (r, p) in records.iter().zip(&all_preds) {
+        let src = serde_json::to_value(p.roi_source)?;
+        *sources
+            .entry(src.as_str().unwrap_or("?").to_owned())
+            .or_default() += 1;
+        if let (Some(l), Some(rec)) = (&p.localiser, r.roi) {
+            ious.push(tirp_firmware::localise::iou(l.roi, rec) as f64);
+        }
+        if p.review {
+            review_keys.push(study_key(&r.path));
+        }
+    }
+    // "No lesion localised" studies have no score: left out of the predictions and the AUC.
+    let (records, preds): (Vec<_>, Vec<Prediction>) = records
+        .into_iter()
+        .zip(all_preds)
+        .filter(|(_, p)| !p.review)
+        .unzip();
+    // With automatic boxes, the same studies again with the recorded ones, for the delta.
+    let recorded_preds = if auto {
+        Some(score_records(
+            &engine,
+            &pool,
+            &records,
+            true,
+            "scoring with the recorded boxes",
+        )?)
+    } else {
+        None
+    };
     let seconds = start.elapsed().as_secs_f64();
 
     let spec = engine.spec();
@@ -461,6 +520,32 @@ pub fn run_eval(args: EvalArgs, out: &Output) -> Result<()> {
         "ensemble".into(),
         auc_of(preds.iter().map(|p| p.probability as f64).collect()),
     );
+    let localiser = if auto || !ious.is_empty() || !review_keys.is_empty() {
+        let recorded_auc = recorded_preds
+            .as_ref()
+            .map(|r| auc_of(r.iter().map(|p| p.probability as f64).collect()));
+        let delta = match (&recorded_auc, aucs["ensemble"]["auc"].as_f64()) {
+            (Some(r), Some(a)) => r["auc"].as_f64().map(|r| a - r),
+            _ => None,
+        };
+        let mut sorted = ious.clone();
+        sorted.sort_by(f64::total_cmp);
+        let hits = ious.iter().filter(|&&v| v >= 0.5).count();
+        Some(json!({
+            "n_review": review_keys.len(),
+            "review": review_keys,
+            "iou_with_recorded": {
+                "n": ious.len(),
+                "mean": (!ious.is_empty()).then(|| ious.iter().sum::<f64>() / ious.len() as f64),
+                "median": (!sorted.is_empty()).then(|| percentile(&sorted, 0.5)),
+                "fraction_ge_0_5": frac_opt(hits, ious.len()),
+            },
+            "ensemble_auc_recorded_boxes": recorded_auc,
+            "ensemble_auc_delta": delta,
+        }))
+    } else {
+        None
+    };
     for (i, m) in spec.members.iter().enumerate() {
         aucs.insert(
             m.name.clone(),
@@ -492,6 +577,10 @@ pub fn run_eval(args: EvalArgs, out: &Output) -> Result<()> {
         "labels": args.labels,
         "split": args.split,
         "bundle": {"name": spec.name, "version": spec.version, "dir": engine.dir()},
+        "roi": args.roi,
+        "roi_sources": sources,
+        "localiser": localiser,
+        "n_studies": n_all,
         "n": n,
         "n_pbt": n_pos,
         "n_infection": n - n_pos,
@@ -525,6 +614,35 @@ pub fn run_eval(args: EvalArgs, out: &Output) -> Result<()> {
                 None => s += &format!("  AUC {name:<9} n/a ({})\n", v["why"]),
             }
         }
+        if let Some(l) = &localiser {
+            let iou = &l["iou_with_recorded"];
+            s += &format!(
+                "  boxes: {} ({}); {} of {n_all} not localised (review), left out\n",
+                args.roi,
+                sources
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                l["n_review"],
+            );
+            if let Some(m) = iou["mean"].as_f64() {
+                s += &format!(
+                    "  localiser vs recorded boxes: IoU mean {m:.3}, median {:.3}, ≥ 0.5 in \
+                     {:.1}% of {}\n",
+                    iou["median"].as_f64().unwrap_or(f64::NAN),
+                    100.0 * iou["fraction_ge_0_5"].as_f64().unwrap_or(f64::NAN),
+                    iou["n"]
+                );
+            }
+            if let Some(a) = l["ensemble_auc_recorded_boxes"]["auc"].as_f64() {
+                s += &format!(
+                    "  AUC ensemble with the recorded boxes on the same studies {a:.3}: \
+                     automatic − recorded = {:+.4}\n",
+                    l["ensemble_auc_delta"].as_f64().unwrap_or(f64::NAN)
+                );
+            }
+        }
         let pct = |v: Option<f64>| v.map_or("n/a".into(), |x| format!("{:.1}%", 100.0 * x));
         s += &format!(
             "  at threshold {:.3}: accuracy {}, sensitivity {}, specificity {}\n",
@@ -544,6 +662,50 @@ pub fn run_eval(args: EvalArgs, out: &Output) -> Result<()> {
         s
     });
     Ok(())
+}
+
+fn frac_opt(k: usize, d: usize) -> Option<f64> {
+    (d > 0).then(|| k as f64 / d as f64)
+}
+
+/// Predictions for `records` in parallel on `pool` (each with sequential members), with the
+/// table's boxes (`recorded`) or none (the engine's localiser, else the whole image).
+fn score_records(
+    engine: &Engine,
+    pool: &rayon::ThreadPool,
+    records: &[&tirp_models::table::Record],
+    recorded: bool,
+    what: &str,
+) -> Result<Vec<Prediction>> {
+    let bar = ProgressBar::new(records.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} {what} [{{bar:40}}] {{pos}}/{{len}} radiographs {{per_sec}} ETA {{eta}}"
+        ))
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    let preds = pool.install(|| {
+        records
+            .par_iter()
+            .map(|r| {
+                let img = tirp_models::radiograph::load_record(r)?;
+                let clinical = ClinicalInput {
+                    age: r.age,
+                    sex: r.sex,
+                    site: r.site,
+                };
+                let roi = if recorded { r.roi } else { None };
+                let p = engine
+                    .predict(&img, roi, clinical, Explain::GradCam)
+                    .with_context(|| format!("{}", r.path.display()))?;
+                bar.inc(1);
+                Ok(p)
+            })
+            .collect::<Result<Vec<_>>>()
+    })?;
+    bar.finish_and_clear();
+    Ok(preds)
 }
 
 /// A synthetic 512×512 radiograph-like image with a bright cortex and a lytic spot.
@@ -611,7 +773,30 @@ fn bench(
             t.total_ms,
         ]);
     }
-    let names = ["preprocess", "members", "stacker", "explain", "end_to_end"];
+    let mut names = vec!["preprocess", "members", "stacker", "explain", "end_to_end"];
+    // The localiser (only when no ROI is given): alone, and end to end without a ROI.
+    let mut localiser = Value::Null;
+    let mut auto_stages: Vec<[f64; 2]> = Vec::new();
+    if let Some(first_loc) = engine.localise(&img)? {
+        let mut review_runs = 0usize;
+        engine.predict(&img, None, clinical, explain)?;
+        for _ in 0..iters {
+            let l = engine.localise(&img)?.expect("the bundle has a localiser");
+            let p = engine.predict(&img, None, clinical, explain)?;
+            review_runs += p.review as usize;
+            auto_stages.push([l.ms, p.timings.total_ms]);
+        }
+        names.extend(["localiser", "end_to_end_auto_roi"]);
+        let spec = engine.spec().localiser.as_ref().expect("has a localiser");
+        localiser = json!({
+            "file": spec.file,
+            "input_size": spec.input_size,
+            "confidence": first_loc.confidence,
+            "min_confidence": first_loc.min_confidence,
+            "roi": first_loc.roi,
+            "review_runs": review_runs,
+        });
+    }
     let x = engine.spec().preprocess.model_input(&img, roi)?;
     let tail = clinical_features(clinical.age, clinical.sex, clinical.site);
     if let Some(dir) = dump {
@@ -625,7 +810,11 @@ fn bench(
     let graphs = graph_bench(&engine, &x, &tail, iters)?;
     let mut table = serde_json::Map::new();
     for (i, name) in names.iter().enumerate() {
-        let mut v: Vec<f64> = stages.iter().map(|s| s[i]).collect();
+        let mut v: Vec<f64> = if i < 5 {
+            stages.iter().map(|s| s[i]).collect()
+        } else {
+            auto_stages.iter().map(|s| s[i - 5]).collect()
+        };
         v.sort_by(f64::total_cmp);
         table.insert(
             name.to_string(),
@@ -644,6 +833,7 @@ fn bench(
         "cold_start_ms": cold_ms,
         "first_run_ms": first.timings.total_ms,
         "stages": table,
+        "localiser": localiser,
         "engine_logits": first.members,
         "engine_probability": first.probability,
         "graphs": graphs,
@@ -661,12 +851,24 @@ fn bench(
             engine.threads(),
             first.timings.total_ms,
         );
-        for name in names {
+        for &name in &names {
             let v = &table[name];
             s += &format!(
                 "  {name:<11} p50 {:>8.2} ms   p95 {:>8.2} ms\n",
                 v["p50_ms"].as_f64().unwrap_or(f64::NAN),
                 v["p95_ms"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+        if !localiser.is_null() {
+            let added = table["end_to_end_auto_roi"]["p50_ms"]
+                .as_f64()
+                .unwrap_or(f64::NAN)
+                - table["end_to_end"]["p50_ms"].as_f64().unwrap_or(f64::NAN);
+            s += &format!(
+                "  (stages above end_to_end: with a given ROI; localiser and end_to_end_auto_roi: \
+                 none given) added latency per study p50 {added:+.2} ms; localiser box {} \
+                 confidence {:.3}, {} of {iters} runs not localised\n",
+                localiser["roi"], localiser["confidence"], localiser["review_runs"]
             );
         }
         if decode_ms > 0.0 {
