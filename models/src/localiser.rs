@@ -756,7 +756,7 @@ pub fn train_into(
     let progress = std::sync::Mutex::new(&mut *on);
     let tick = || {
         let d = done.fetch_add(1, Ordering::Relaxed) + 1;
-        if (d % 32 == 0 || d == total)
+        if (d.is_multiple_of(32) || d == total)
             && let Ok(mut f) = progress.try_lock()
         {
             f(RunEvent::Letterbox { done: d, total });
@@ -772,7 +772,6 @@ pub fn train_into(
             &tick,
         )?);
     }
-    drop(progress);
     let load_seconds = load_start.elapsed().as_secs_f64();
     let (mean, std) = sets[0].mean_std();
     sets.iter_mut().for_each(|s| s.standardise(mean, std));

@@ -48,7 +48,7 @@ fn say(bars: &MultiProgress, line: String) {
 }
 
 pub fn run(args: TrainLocaliserArgs, out: &Output) -> Result<()> {
-    if args.size == 0 || args.size % 4 != 0 {
+    if args.size == 0 || !args.size.is_multiple_of(4) {
         anyhow::bail!("--size must be a positive multiple of 4, got {}", args.size);
     }
     let mut spec = EnsembleSpec::load(&args.bundle)

@@ -176,7 +176,7 @@ pub struct Localiser {
 impl Localiser {
     pub fn new(cfg: &LocaliserConfig, device: &Device) -> Self {
         assert!(
-            cfg.input_size % STRIDE as usize == 0,
+            cfg.input_size.is_multiple_of(STRIDE as usize),
             "input side must be a multiple of the stride"
         );
         Localiser {
