@@ -39,6 +39,8 @@ enum Command {
     Bundle(cli::bundle::BundleCommand),
     /// Train the ensemble (members, clinical model, stacker) into a bundle with its model card.
     Train(cli::train::TrainArgs),
+    /// Train the lesion localiser on a cohort's boxes into a bundle (localiser.onnx + report).
+    TrainLocaliser(cli::localiser::TrainLocaliserArgs),
     /// Flag one radiograph (PNG, JPEG, DICOM) with a model bundle: probability, heat-map.
     Predict(cli::predict::PredictArgs),
     /// Score a labelled table with a bundle: predictions CSV for `tirp audit`, AUC.
@@ -64,6 +66,7 @@ fn run() -> Result<()> {
         Command::Device(cmd) => cli::device::run(cmd, &cli.conn, &out),
         Command::Bundle(cmd) => cli::bundle::run_bundle(cmd, &out),
         Command::Train(args) => cli::train::run(args, &out),
+        Command::TrainLocaliser(args) => cli::localiser::run(args, &out),
         Command::Predict(args) => cli::predict::run_predict(args, &out),
         Command::Eval(args) => cli::predict::run_eval(args, &out),
         Command::Station(cmd) => cli::station::run(cmd, &out),

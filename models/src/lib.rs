@@ -5,6 +5,7 @@
 //! - [`fixture`]: small random-initialised bundles for tests and demos of the engine.
 //! - [`preview`]: contact sheets of a cohort for people to look at.
 //! - [`table`]: label tables, ours and the DeepTIRP study's own format.
+//! - [`localiser`]: training and evaluating the lesion localiser (`tirp train-localiser`).
 //! - [`nets`]: the ensemble's image members (residual CNN, EfficientNet-style, ViT) in burn.
 //! - [`onnx`]: the ONNX writer the members export through (and weight-only int8).
 //! - [`pipeline`]: training the whole ensemble into a bundle directory (`tirp train`).
@@ -15,6 +16,7 @@
 pub mod cohort;
 pub mod features;
 pub mod fixture;
+pub mod localiser;
 pub mod nets;
 pub mod onnx;
 pub mod pipeline;

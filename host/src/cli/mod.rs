@@ -4,6 +4,7 @@ pub mod audit;
 pub mod bundle;
 pub mod cohort;
 pub mod device;
+pub mod localiser;
 pub mod predict;
 pub mod station;
 pub mod train;

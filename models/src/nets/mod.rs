@@ -11,6 +11,7 @@
 
 pub mod effnet;
 pub mod layers;
+pub mod localiser;
 pub mod resnet;
 pub mod vit;
 

@@ -51,6 +51,25 @@ impl TractMember {
         })
     }
 
+    /// Every graph output, in the graph's output order, each row-major.
+    pub fn run_all(&self, x: &[f32], n: usize) -> Result<Vec<Vec<f32>>, CheckError> {
+        let s = self.size;
+        if x.len() != n * s * s {
+            return Err(CheckError::Input { got: x.len(), n, s });
+        }
+        let input = Tensor::from_shape(&[n, 1, s, s], x).map_err(tract_err)?;
+        let out = self.plan.run(tvec!(input.into())).map_err(tract_err)?;
+        out.iter()
+            .map(|t| {
+                Ok(t.to_plain_array_view::<f32>()
+                    .map_err(tract_err)?
+                    .iter()
+                    .copied()
+                    .collect())
+            })
+            .collect()
+    }
+
     pub fn run(&self, x: &[f32], n: usize) -> Result<TractOutput, CheckError> {
         let s = self.size;
         if x.len() != n * s * s {

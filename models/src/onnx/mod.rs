@@ -236,6 +236,40 @@ impl Graph {
         )
     }
 
+    /// [`Graph::conv`] with dilation `dilation` (both axes); pad `c.pad` each side.
+    pub fn conv_dilated(
+        &mut self,
+        x: &str,
+        w: &Weights,
+        b: &Weights,
+        c: ConvSpec,
+        dilation: usize,
+    ) -> String {
+        let k = w.dims[2];
+        let (stride, p, groups) = (c.stride, c.pad as i64, c.groups);
+        let w = self.constant("w", w);
+        let b = self.constant("b", b);
+        self.node(
+            "Conv",
+            &[x, &w, &b],
+            vec![
+                ("kernel_shape", Attr::Ints(vec![k as i64, k as i64])),
+                ("strides", Attr::Ints(vec![stride as i64, stride as i64])),
+                ("pads", Attr::Ints(vec![p, p, p, p])),
+                (
+                    "dilations",
+                    Attr::Ints(vec![dilation as i64, dilation as i64]),
+                ),
+                ("group", Attr::Int(groups as i64)),
+            ],
+        )
+    }
+
+    /// Element-wise `e^x`.
+    pub fn exp(&mut self, x: &str) -> String {
+        self.node("Exp", &[x], vec![])
+    }
+
     pub fn relu(&mut self, x: &str) -> String {
         self.node("Relu", &[x], vec![])
     }
@@ -548,6 +582,55 @@ mod tests {
         let p = g.tree_ensemble_classifier("features", &e);
         let p1 = g.slice_columns(&p, 1, 2);
         g.finish_rows("t", "features", 2, &[(&p1, "p", vec![None, Some(1)])], "")
+    }
+
+    /// A dilated 3×3 convolution (one input and output channel, all-ones kernel, bias ½)
+    /// followed by Exp: each output is `exp(½ + Σ x at offsets {−d, 0, d}²)`.
+    #[test]
+    fn dilated_conv_and_exp_run_in_tract() {
+        let (s, d) = (7usize, 2usize);
+        let mut g = Graph::new();
+        let w = Weights::new(vec![1, 1, 3, 3], vec![1.0; 9]);
+        let b = Weights::new(vec![1], vec![0.5]);
+        let spec = ConvSpec {
+            stride: 1,
+            pad: d,
+            groups: 1,
+        };
+        let y = g.conv_dilated("x", &w, &b, spec, d);
+        let y = g.exp(&y);
+        let m = g.finish(
+            "x",
+            [1, s, s],
+            &[(&y, "y", vec![None, Some(1), Some(s), Some(s)])],
+            "",
+        );
+        let x: Vec<f32> = (0..s * s).map(|i| (i % 5) as f32 * 0.1).collect();
+        let got = crate::onnx::check::TractMember::load(&m.to_bytes(), s)
+            .unwrap()
+            .run_all(&x, 1)
+            .unwrap()
+            .remove(0);
+        assert_eq!(got.len(), s * s);
+        for r in 0..s as i64 {
+            for c in 0..s as i64 {
+                let mut acc = 0.5f32;
+                for dy in [-1i64, 0, 1] {
+                    for dx in [-1i64, 0, 1] {
+                        let (rr, cc) = (r + dy * d as i64, c + dx * d as i64);
+                        if (0..s as i64).contains(&rr) && (0..s as i64).contains(&cc) {
+                            acc += x[(rr * s as i64 + cc) as usize];
+                        }
+                    }
+                }
+                let v = got[(r * s as i64 + c) as usize];
+                assert!(
+                    (v - acc.exp()).abs() < 1e-4 * acc.exp(),
+                    "({r},{c}): {v} vs {}",
+                    acc.exp()
+                );
+            }
+        }
     }
 
     #[test]

@@ -107,6 +107,11 @@ impl ModuleVisitor for Materialize {
 
 /// Builds a member on the training (autodiff) device with weights drawn from `seed`.
 pub fn init<M: Member>(seed: u64, build: impl FnOnce(&Device) -> M) -> M {
+    init_module(seed, build)
+}
+
+/// [`init`] for any module (the lesion localiser is not an ensemble member).
+pub fn init_module<M: Module>(seed: u64, build: impl FnOnce(&Device) -> M) -> M {
     let _guard = INIT.lock().unwrap_or_else(|p| p.into_inner());
     let dev = device();
     dev.seed(seed);

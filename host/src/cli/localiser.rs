@@ -1,0 +1,175 @@
+//! `tirp train-localiser`: trains the lesion localiser on a cohort's recorded boxes into an
+//! existing bundle directory: `localiser.onnx`, the `localiser` entry of `ensemble.json`
+//! and the evaluation report `localiser.json`.
+
+use super::Output;
+use anyhow::{Context, Result};
+use clap::Args;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+use tirp_firmware::ensemble::{EnsembleSpec, LocaliserSpec};
+use tirp_models::localiser::{self, LocEvent, LocaliserTrainConfig, RunEvent};
+use tirp_models::table::LabelTable;
+
+#[derive(Args)]
+pub struct TrainLocaliserArgs {
+    /// Label table with lesion boxes and splits (a cohort's labels.csv).
+    #[arg(long)]
+    labels: PathBuf,
+    /// Bundle directory holding ensemble.json (its preprocessing percentiles are used).
+    #[arg(long)]
+    bundle: PathBuf,
+    /// Side of the square letterboxed input, pixels (a multiple of 4).
+    #[arg(long, default_value_t = LocaliserTrainConfig::default().net.input_size)]
+    size: usize,
+    #[arg(long, default_value_t = LocaliserTrainConfig::default().epochs)]
+    epochs: usize,
+    #[arg(long, default_value_t = LocaliserTrainConfig::default().seed)]
+    seed: u64,
+    #[arg(long, default_value_t = LocaliserTrainConfig::default().batch_size)]
+    batch: usize,
+    /// Peak learning rate (AdamW, warm-up then cosine).
+    #[arg(long, default_value_t = LocaliserTrainConfig::default().lr)]
+    lr: f64,
+}
+
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template)
+        .expect("progress template")
+        .progress_chars("=> ")
+}
+
+fn say(bars: &MultiProgress, line: String) {
+    if bars.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        let _ = bars.println(line);
+    }
+}
+
+pub fn run(args: TrainLocaliserArgs, out: &Output) -> Result<()> {
+    if args.size == 0 || !args.size.is_multiple_of(4) {
+        anyhow::bail!("--size must be a positive multiple of 4, got {}", args.size);
+    }
+    let mut spec = EnsembleSpec::load(&args.bundle)
+        .with_context(|| format!("reading the bundle spec in {}", args.bundle.display()))?;
+    let table = LabelTable::load(&args.labels)?;
+    let mut cfg = LocaliserTrainConfig {
+        seed: args.seed,
+        epochs: args.epochs,
+        batch_size: args.batch,
+        lr: args.lr,
+        ..Default::default()
+    };
+    cfg.net.input_size = args.size;
+
+    let bars = MultiProgress::new();
+    let stage = bars.add(ProgressBar::new_spinner());
+    stage.set_style(style("{spinner} {elapsed_precise} {msg}"));
+    stage.enable_steady_tick(std::time::Duration::from_millis(200));
+    let mut current: Option<ProgressBar> = None;
+    let report = localiser::train_into(
+        &table,
+        &args.bundle,
+        spec.preprocess.low_percentile,
+        spec.preprocess.high_percentile,
+        &cfg,
+        &mut |e| match e {
+            RunEvent::Stage(s) => {
+                if bars.is_hidden() {
+                    eprintln!("{s}");
+                }
+                stage.set_message(s.to_owned());
+                if let Some(b) = current.take() {
+                    b.finish_and_clear();
+                }
+            }
+            RunEvent::Letterbox { done, total } => {
+                let b = current.get_or_insert_with(|| {
+                    let b = bars.add(ProgressBar::new(total as u64));
+                    b.set_style(style(
+                        "  letterbox [{bar:30}] {pos}/{len} {elapsed_precise}",
+                    ));
+                    b
+                });
+                b.set_position(done as u64);
+            }
+            RunEvent::Train(LocEvent::Step {
+                epoch,
+                step,
+                steps,
+                loss,
+            }) => {
+                let b = current.get_or_insert_with(|| {
+                    let b = bars.add(ProgressBar::new(steps as u64));
+                    b.set_style(style(
+                        "  {prefix} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta} {msg}",
+                    ));
+                    b
+                });
+                b.set_length(steps as u64);
+                b.set_position(step as u64 + 1);
+                b.set_prefix(format!("localiser epoch {}", epoch + 1));
+                b.set_message(format!("loss {loss:.3}"));
+            }
+            RunEvent::Train(LocEvent::Epoch(s)) => say(
+                &bars,
+                format!(
+                    "  localiser epoch {}: train loss {:.4} (focal {:.4}, offset {:.4}, log-size {:.4}), val recall@0.5 {:.4}, val mean IoU {:.4}, {:.0} s ({:.2} s/step)",
+                    s.epoch + 1,
+                    s.train_loss,
+                    s.train_focal,
+                    s.train_offset,
+                    s.train_size,
+                    s.val_recall50,
+                    s.val_mean_iou,
+                    s.seconds,
+                    s.seconds_per_step
+                ),
+            ),
+        },
+    )?;
+    if let Some(b) = current.take() {
+        b.finish_and_clear();
+    }
+    stage.finish_and_clear();
+    spec.localiser = Some(LocaliserSpec {
+        file: report.file.clone(),
+        input_size: report.input_size as u32,
+        mean: report.mean,
+        std: report.std,
+        min_confidence: report.min_confidence,
+    });
+    spec.save(&args.bundle)
+        .with_context(|| format!("writing the spec in {}", args.bundle.display()))?;
+    let report_path = args.bundle.join(localiser::REPORT_FILE);
+    std::fs::write(&report_path, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("writing {}", report_path.display()))?;
+    let value = serde_json::to_value(&report)?;
+    out.emit(&value, || {
+        let line = |name: &str, r: &localiser::SplitReport| {
+            format!(
+                "{name:>14}: n {:>4}  recall@IoU≥0.5 {:.1}%  mean IoU {:.3}  below min confidence {:.1}%\n",
+                r.n,
+                100.0 * r.recall_iou50,
+                r.mean_iou,
+                100.0 * r.below_min_confidence
+            )
+        };
+        format!(
+            "localiser written to {} ({} params, {} bytes, {:.1} min training, best epoch {}, min confidence {:.3}, tract parity {:.1e}); report {}\n{}{}{}",
+            args.bundle.join(&report.file).display(),
+            report.params,
+            report.bytes,
+            report.train_seconds / 60.0,
+            report.best_epoch + 1,
+            report.min_confidence,
+            report.tract_parity,
+            report_path.display(),
+            line("validation", &report.validation),
+            line("internal test", &report.internal_test),
+            line("external", &report.external),
+        )
+    });
+    Ok(())
+}
