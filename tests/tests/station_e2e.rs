@@ -481,9 +481,17 @@ fn activation_swaps_the_engine_between_studies_while_ingest_runs() {
     let o = storescu(port, &[], &rest);
     assert!(o.status.success(), "{}", text(&o));
     // The dashboard hears of a study just after its result is committed: wait for it.
-    wait_for("every study on the dashboard", Duration::from_secs(120), || {
-        studies(&daemon).iter().filter(|s| s["state"] != "queued").count() >= files.len()
-    });
+    wait_for(
+        "every study on the dashboard",
+        Duration::from_secs(120),
+        || {
+            studies(&daemon)
+                .iter()
+                .filter(|s| s["state"] != "queued")
+                .count()
+                >= files.len()
+        },
+    );
     let mut done = studies(&daemon);
     let failed: Vec<&Value> = done.iter().filter(|s| s["state"] != "done").collect();
     assert!(failed.is_empty(), "{failed:?}");
