@@ -646,3 +646,89 @@ fn settings_file_hot_folder_and_storage_guard() {
     assert_eq!(results(&data), 0);
     assert!(daemon.terminate());
 }
+
+/// Issue 5 at the station: with a localiser in the bundle, a radiograph where it finds no
+/// lesion is shown as "no lesion localised — review", logged as such, and no result object
+/// claiming a finding is sent; one where it finds the lesion is flagged from the found box.
+#[test]
+fn a_study_without_a_localised_lesion_is_flagged_for_review() {
+    if !tools() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let bundle = d.join("bundle");
+    let o = Command::new(bin("tirp"))
+        .args(["predict", "fixture", "--localiser", "--out"])
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    // A flat grey photograph as Secondary Capture: nothing for the localiser to find.
+    let jpg = d.join("flat.jpg");
+    image::GrayImage::from_pixel(256, 256, image::Luma([90u8]))
+        .save(&jpg)
+        .unwrap();
+    let flat = d.join("flat.dcm");
+    let o = run("img2dcm", &["-k", "PatientID=FLAT01"], &[&jpg, &flat]);
+    assert!(o.status.success(), "{}", text(&o));
+    let files = cohort(&d.join("cohort"), 20, 16);
+    let station = StoreScp::start("STATION", free_port(), &d.join("station"));
+    let dest = format!("STATION@127.0.0.1:{}", station.port);
+    let data = d.join("tirpd");
+    let daemon = StationDaemon::start(
+        &data,
+        &["--bundle", bundle.to_str().unwrap(), "--dest", &dest],
+    );
+    let o = storescu(daemon.dicom_port, &["-xy"], &[&flat]);
+    assert!(
+        o.status.success() && !text(&o).contains("Error"),
+        "{}",
+        text(&o)
+    );
+    let o = storescu(daemon.dicom_port, &[], &[&files[0]]);
+    assert!(
+        o.status.success() && !text(&o).contains("Error"),
+        "{}",
+        text(&o)
+    );
+    wait_for("both on the dashboard", Duration::from_secs(60), || {
+        studies(&daemon)
+            .iter()
+            .filter(|s| s["state"] == "done")
+            .count()
+            == 2
+    });
+    let shown = studies(&daemon);
+    let review = shown.iter().find(|s| s["patient_id"] == "FLAT01").unwrap();
+    assert_eq!(review["flag"], "no lesion localised — review", "{review}");
+    assert!(
+        review["probability"].is_null() && review["pbt"].is_null(),
+        "{review}"
+    );
+    let found = shown.iter().find(|s| s["patient_id"] != "FLAT01").unwrap();
+    assert!(
+        found["flag"].as_str().unwrap().starts_with("suspected"),
+        "{found}"
+    );
+    // Only the classified study sends its three objects.
+    wait_for("results at the station", Duration::from_secs(60), || {
+        station.files().len() >= 3
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(station.files().len(), 3, "{:?}", station.files());
+    assert!(daemon.terminate());
+    let log = DevLog::open(&data.join("log"), LogOptions::default()).unwrap();
+    let page = log.read_since(1, 10_000, 1 << 26).unwrap();
+    let reviews: Vec<bool> = page
+        .records
+        .iter()
+        .filter_map(|r| match serde_json::from_slice::<LogEntry>(&r.payload) {
+            Ok(LogEntry::Inference(i)) => Some(i.review),
+            _ => None,
+        })
+        .collect();
+    let mut sorted = reviews.clone();
+    sorted.sort();
+    assert_eq!(sorted, [false, true], "{reviews:?}");
+}
