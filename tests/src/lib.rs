@@ -330,3 +330,21 @@ fn dechunk(mut s: &str) -> String {
     }
     out
 }
+
+/// A synthetic DX cohort made by the real `tirp cohort generate --format dicom`; its DICOM
+/// files, sorted.
+pub fn dicom_cohort(dir: &Path, patients: usize, seed: u64) -> Vec<PathBuf> {
+    let o = Command::new(bin("tirp"))
+        .args(["cohort", "generate", "--format", "dicom", "--out"])
+        .arg(dir)
+        .args([
+            "--patients",
+            &patients.to_string(),
+            "--seed",
+            &seed.to_string(),
+        ])
+        .output()
+        .expect("run tirp");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    tirp_firmware::dicom::dicom_files(&[dir.join("images")]).expect("list the cohort")
+}

@@ -10,11 +10,10 @@
 #![cfg(unix)]
 
 use serde_json::Value;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tirp_e2e::browser::{Browser, find_chromium};
-use tirp_e2e::{StationDaemon, TEST_TOKEN, bin, have};
+use tirp_e2e::{StationDaemon, TEST_TOKEN, have};
 
 const FLAGS: [&str; 2] = ["suspected primary bone tumour", "suspected bone infection"];
 /// From `storescu` starting to the flag in the DOM: the study is analysed on the CPU
@@ -36,33 +35,6 @@ impl Drop for Daemon {
             d.kill();
         }
     }
-}
-
-/// A synthetic DX cohort from the real `tirp`; returns its DICOM files, sorted.
-fn cohort(dir: &Path, patients: usize, seed: u64) -> Vec<PathBuf> {
-    let o = Command::new(bin("tirp"))
-        .args(["cohort", "generate", "--format", "dicom", "--out"])
-        .arg(dir)
-        .args([
-            "--patients",
-            &patients.to_string(),
-            "--seed",
-            &seed.to_string(),
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let mut files = Vec::new();
-    for c in std::fs::read_dir(dir.join("images")).unwrap() {
-        for f in std::fs::read_dir(c.unwrap().path()).unwrap() {
-            let f = f.unwrap().path();
-            if f.extension().is_some_and(|x| x == "dcm") {
-                files.push(f);
-            }
-        }
-    }
-    files.sort();
-    files
 }
 
 fn studies(d: &StationDaemon) -> Vec<Value> {
@@ -102,7 +74,7 @@ fn a_study_sent_by_storescu_appears_live_in_the_browser() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let files = cohort(&tmp.path().join("cohort"), 20, 31);
+    let files = tirp_e2e::dicom_cohort(&tmp.path().join("cohort"), 20, 31);
     let file = &files[0];
     // P0001_v1.dcm → patient ID P0001.
     let stem = file.file_stem().unwrap().to_str().unwrap();

@@ -23,30 +23,6 @@ fn tools() -> bool {
     true
 }
 
-/// A synthetic DX cohort; returns its DICOM files, sorted.
-fn cohort(dir: &Path, patients: usize, seed: u64) -> Vec<PathBuf> {
-    let o = Command::new(bin("tirp"))
-        .args(["cohort", "generate", "--format", "dicom", "--out"])
-        .arg(dir)
-        .args([
-            "--patients",
-            &patients.to_string(),
-            "--seed",
-            &seed.to_string(),
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let mut files = Vec::new();
-    for c in std::fs::read_dir(dir.join("images")).unwrap() {
-        for f in std::fs::read_dir(c.unwrap().path()).unwrap() {
-            files.push(f.unwrap().path());
-        }
-    }
-    files.sort();
-    files
-}
-
 fn run(cmd: &str, args: &[&str], files: &[&Path]) -> Output {
     Command::new(cmd).args(args).args(files).output().unwrap()
 }
@@ -148,7 +124,7 @@ fn a_dr_station_gets_flags_heat_maps_and_dicom_results() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let mut files = cohort(&tmp.path().join("cohort"), 20, 11);
+    let mut files = tirp_e2e::dicom_cohort(&tmp.path().join("cohort"), 20, 11);
     files.truncate(6);
     // Compressed variants of the first two images (new SOP instances, same pixels).
     let rle = tmp.path().join("rle.dcm");
@@ -313,7 +289,7 @@ fn no_study_is_lost_or_processed_twice_across_a_crash_and_a_dead_destination() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let files = cohort(&tmp.path().join("cohort"), 20, 12);
+    let files = tirp_e2e::dicom_cohort(&tmp.path().join("cohort"), 20, 12);
     let pacs_port = free_port();
     let dest = format!("PACS@127.0.0.1:{pacs_port}");
     let data = tmp.path().join("tirpd");
@@ -360,7 +336,7 @@ fn eight_stations_sending_at_once_lose_nothing() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let files = cohort(&tmp.path().join("cohort"), 210, 13);
+    let files = tirp_e2e::dicom_cohort(&tmp.path().join("cohort"), 210, 13);
     assert!(files.len() >= 400, "{}", files.len());
     let data = tmp.path().join("tirpd");
     let d = StationDaemon::start(&data, &[]);
@@ -445,7 +421,7 @@ fn activation_swaps_the_engine_between_studies_while_ingest_runs() {
         bundle.to_str().unwrap(),
     ]);
 
-    let files = cohort(&d.join("cohort"), 20, 14);
+    let files = tirp_e2e::dicom_cohort(&d.join("cohort"), 20, 14);
     let data = d.join("tirpd");
     let pubkey = key.with_extension("pub.pem");
     let daemon = StationDaemon::start(&data, &["--trust", pubkey.to_str().unwrap()]);
@@ -570,7 +546,7 @@ fn settings_file_hot_folder_and_storage_guard() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let files = cohort(&d.join("cohort"), 20, 15);
+    let files = tirp_e2e::dicom_cohort(&d.join("cohort"), 20, 15);
     let hot = d.join("hot");
     let settings = d.join("tirpd.toml");
     std::fs::write(
@@ -672,7 +648,7 @@ fn a_study_without_a_localised_lesion_is_flagged_for_review() {
     let flat = d.join("flat.dcm");
     let o = run("img2dcm", &["-k", "PatientID=FLAT01"], &[&jpg, &flat]);
     assert!(o.status.success(), "{}", text(&o));
-    let files = cohort(&d.join("cohort"), 20, 16);
+    let files = tirp_e2e::dicom_cohort(&d.join("cohort"), 20, 16);
     let station = StoreScp::start("STATION", free_port(), &d.join("station"));
     let dest = format!("STATION@127.0.0.1:{}", station.port);
     let data = d.join("tirpd");

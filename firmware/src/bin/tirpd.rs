@@ -483,25 +483,13 @@ mod imp {
 
     /// Sends every DICOM file under `dir` to this daemon, as a station would.
     fn demo(dir: &std::path::Path, target: &Destination) {
-        let mut files = Vec::new();
-        let mut stack = vec![dir.to_owned()];
-        while let Some(d) = stack.pop() {
-            let rd = match std::fs::read_dir(&d) {
-                Ok(rd) => rd,
-                Err(e) => {
-                    eprintln!("tirpd: demo: {}: {e}", d.display());
-                    return;
-                }
-            };
-            for p in rd.filter_map(|e| e.ok().map(|e| e.path())) {
-                if p.is_dir() {
-                    stack.push(p);
-                } else if p.extension().is_some_and(|x| x.eq_ignore_ascii_case("dcm")) {
-                    files.push(p);
-                }
+        let files = match tirp_firmware::dicom::dicom_files(&[dir.to_owned()]) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("tirpd: demo: {}: {e}", dir.display());
+                return;
             }
-        }
-        files.sort();
+        };
         println!(
             "tirpd: demo: sending {} studies from {}",
             files.len(),

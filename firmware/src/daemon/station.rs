@@ -66,6 +66,8 @@ pub struct Station {
     spool: Arc<Spool>,
     outbox: Arc<Outbox>,
     dashboard: Arc<Dashboard>,
+    /// The board id for inference records (read once: `Device::info` locks and stats).
+    board: String,
     loaded: Mutex<Option<Loaded>>,
     processed: AtomicU64,
     failed: AtomicU64,
@@ -122,6 +124,7 @@ impl Station {
         let spool = Arc::new(Spool::open(&root, &mut |id| finished.push(id.to_owned()))?);
         let station = Arc::new(Station {
             cfg,
+            board: device.info().board,
             device,
             spool,
             outbox,
@@ -482,7 +485,7 @@ impl Station {
         let inference = InferenceRecord {
             time_unix_ms: now_unix_ms(),
             device_id: self.device.device_id().to_owned(),
-            board: self.device.info().board,
+            board: self.board.clone(),
             bundle_id,
             bundle_sha256,
             member_scores: p

@@ -17,6 +17,40 @@ pub mod results;
 pub mod scp;
 pub mod scu;
 
+/// Every `.dcm` file under `paths` (directories walked recursively, files taken as given),
+/// sorted: what a station would send (`tirp station`, `tirpd --demo`).
+pub fn dicom_files(paths: &[std::path::PathBuf]) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut v = Vec::new();
+    let mut stack = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            stack.push(p.clone());
+        } else if p.exists() {
+            v.push(p.clone());
+        } else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{}: no such file", p.display()),
+            ));
+        }
+    }
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let path = e?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path
+                .extension()
+                .is_some_and(|x| x.eq_ignore_ascii_case("dcm"))
+            {
+                v.push(path);
+            }
+        }
+    }
+    v.sort();
+    Ok(v)
+}
+
 /// Verification SOP Class (C-ECHO); accepted in addition to [`STORAGE_SOP_CLASSES`].
 pub const VERIFICATION_SOP_CLASS: &str = "1.2.840.10008.1.1";
 

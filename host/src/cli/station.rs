@@ -76,31 +76,7 @@ fn destination(to: &str) -> Result<Destination> {
 }
 
 fn dicom_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    let mut v = Vec::new();
-    for p in paths {
-        if p.is_dir() {
-            let mut stack = vec![p.clone()];
-            while let Some(d) = stack.pop() {
-                for e in std::fs::read_dir(&d).with_context(|| format!("read {}", d.display()))? {
-                    let path = e?.path();
-                    if path.is_dir() {
-                        stack.push(path);
-                    } else if path
-                        .extension()
-                        .is_some_and(|x| x.eq_ignore_ascii_case("dcm"))
-                    {
-                        v.push(path);
-                    }
-                }
-            }
-        } else if p.exists() {
-            v.push(p.clone());
-        } else {
-            bail!("{}: no such file", p.display());
-        }
-    }
-    v.sort();
-    Ok(v)
+    tirp_firmware::dicom::dicom_files(paths).context("listing the DICOM files")
 }
 
 fn send(to: &str, ae: &str, paths: &[PathBuf], out: &Output) -> Result<()> {
