@@ -270,10 +270,10 @@ impl Drop for Node {
         if let Some(t) = self.thread.take() {
             t.join().unwrap();
         }
-        // The accept thread must honour `stop` promptly (it polls every 50 ms; 1 s leaves
+        // The accept thread must honour `stop` promptly (it polls every 50 ms; 3 s leave
         // room for a loaded build machine).
         if !std::thread::panicking() {
-            assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+            assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
         }
     }
 }
