@@ -88,6 +88,10 @@ pub struct LocaliserSpec {
     pub std: f32,
     /// Below this confidence the result is "no lesion localised — review".
     pub min_confidence: f32,
+    /// Run the zoom pass on a window this many times the first box's longer side
+    /// ([`crate::localise::zoom_window`]); absent: the first pass's box is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zoom: Option<f32>,
 }
 
 #[derive(Debug, thiserror::Error)]

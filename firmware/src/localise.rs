@@ -6,6 +6,13 @@
 //! probability that a lesion centre falls in each cell ([`HEATMAP`]), the sub-cell position of
 //! that centre ([`OFFSET`], 0–1 in cells) and the box's width and height ([`SIZE`], in input
 //! pixels). The box is read at the most confident cell.
+//!
+//! **Zoom pass.** On the whole radiograph a lesion spans only a few cells, too coarse for a
+//! tight box. When the bundle asks for it (`zoom` in its localiser spec), the same graph runs a
+//! second time on a square window around the first box ([`zoom_window`], `zoom ×` its longer
+//! side), where the lesion fills a quarter or so of the input, and that box is kept. Whether a
+//! lesion was found at all is still the first pass's confidence: the window always holds
+//! something lesion-like.
 
 use crate::preprocess::{GrayImage, PreprocessError, Roi, percentiles};
 use image::{ImageBuffer, Luma, imageops};
@@ -79,6 +86,87 @@ pub fn letterbox(
         side,
         scale,
         pixels,
+    })
+}
+
+/// A square region of the image, in image pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Window {
+    pub x: u32,
+    pub y: u32,
+    pub side: u32,
+}
+
+/// The smallest zoom window (image pixels): below it the graph would see mostly upsampling.
+pub const MIN_WINDOW: u32 = 32;
+
+/// The zoom pass's window for a box: a square of `zoom ×` the box's longer side centred on
+/// the box, shifted to stay inside the image; at least [`MIN_WINDOW`] and at most the image's
+/// shorter side.
+pub fn zoom_window(roi: Roi, zoom: f32, image_width: u32, image_height: u32) -> Window {
+    let short = image_width.min(image_height).max(1);
+    let want = (roi.w.max(roi.h) as f32 * zoom).round() as u32;
+    let side = want.clamp(MIN_WINDOW.min(short), short);
+    let place = |start: u32, len: u32, extent: u32| {
+        let centre = start as f32 + len as f32 / 2.0;
+        ((centre - side as f32 / 2.0).round().max(0.0) as u32).min(extent - side)
+    };
+    Window {
+        x: place(roi.x, roi.w, image_width),
+        y: place(roi.y, roi.h, image_height),
+        side,
+    }
+}
+
+/// The zoom pass's input: the window cut from the image and letterboxed like the whole image
+/// (so it fills the square; `scale` is input pixels per image pixel of the window).
+pub fn zoom_input(
+    image: &GrayImage,
+    window: Window,
+    side: u32,
+    low_percentile: f32,
+    high_percentile: f32,
+) -> Result<Letterbox, PreprocessError> {
+    letterbox(&crop(image, window)?, side, low_percentile, high_percentile)
+}
+
+/// The window's pixels as an image of their own.
+pub fn crop(image: &GrayImage, window: Window) -> Result<GrayImage, PreprocessError> {
+    let Window { x, y, side } = window;
+    assert!(
+        x + side <= image.width && y + side <= image.height,
+        "window {window:?} outside a {}×{} image",
+        image.width,
+        image.height
+    );
+    let mut pixels = Vec::with_capacity((side * side) as usize);
+    for row in y..y + side {
+        let at = (row * image.width + x) as usize;
+        pixels.extend_from_slice(&image.pixels[at..at + side as usize]);
+    }
+    GrayImage::new(side, side, pixels)
+}
+
+/// A box in window coordinates, back in the image's.
+pub fn from_window(roi: Roi, window: Window) -> Roi {
+    Roi {
+        x: roi.x + window.x,
+        y: roi.y + window.y,
+        ..roi
+    }
+}
+
+/// The part of an image box inside the window, in window coordinates (`None`: no overlap).
+pub fn to_window(roi: Roi, window: Window) -> Option<Roi> {
+    let x0 = roi.x.max(window.x);
+    let y0 = roi.y.max(window.y);
+    let x1 = (roi.x + roi.w).min(window.x + window.side);
+    let y1 = (roi.y + roi.h).min(window.y + window.side);
+    (x1 > x0 && y1 > y0).then(|| Roi {
+        x: x0 - window.x,
+        y: y0 - window.y,
+        w: x1 - x0,
+        h: y1 - y0,
     })
 }
 
@@ -218,6 +306,79 @@ mod tests {
             assert!(iou(d.roi, b) > 0.95, "{b:?} → {:?}", d.roi);
             assert!((d.confidence - 1.0).abs() < 1e-6);
         }
+    }
+
+    #[test]
+    fn zoom_windows_are_centred_inside_and_round_trip() {
+        // Centred on the box, `zoom ×` its longer side.
+        let w = zoom_window(roi(200, 180, 40, 60), 4.0, 512, 512);
+        assert_eq!(
+            w,
+            Window {
+                x: 100,
+                y: 90,
+                side: 240
+            }
+        );
+        // Shifted in at the edges, capped at the shorter side, floored at MIN_WINDOW.
+        assert_eq!(
+            zoom_window(roi(0, 0, 30, 30), 4.0, 512, 512),
+            Window {
+                x: 0,
+                y: 0,
+                side: 120
+            }
+        );
+        assert_eq!(
+            zoom_window(roi(500, 290, 12, 10), 4.0, 512, 300),
+            Window {
+                x: 464,
+                y: 252,
+                side: 48
+            }
+        );
+        assert_eq!(zoom_window(roi(10, 10, 200, 100), 4.0, 512, 300).side, 300);
+        assert_eq!(
+            zoom_window(roi(100, 100, 2, 2), 4.0, 512, 512).side,
+            MIN_WINDOW
+        );
+        assert_eq!(zoom_window(roi(0, 0, 2, 2), 4.0, 20, 20).side, 20);
+        let b = roi(210, 200, 20, 30);
+        let inside = to_window(b, w).unwrap();
+        assert_eq!(inside, roi(110, 110, 20, 30));
+        assert_eq!(from_window(inside, w), b);
+        assert_eq!(to_window(roi(0, 0, 10, 10), w), None);
+        assert_eq!(to_window(roi(90, 80, 20, 20), w), Some(roi(0, 0, 10, 10)));
+    }
+
+    #[test]
+    fn zoom_input_sees_the_window_only() {
+        let (w, h) = (64u32, 48u32);
+        // Bright square at (40..48, 20..28) on a ramp.
+        let px: Vec<f32> = (0..w * h)
+            .map(|i| {
+                let (x, y) = (i % w, i / w);
+                if (40..48).contains(&x) && (20..28).contains(&y) {
+                    10.0
+                } else {
+                    (x % 5) as f32
+                }
+            })
+            .collect();
+        let img = GrayImage::new(w, h, px).unwrap();
+        let win = Window {
+            x: 36,
+            y: 16,
+            side: 16,
+        };
+        let c = crop(&img, win).unwrap();
+        assert_eq!((c.width, c.height), (16, 16));
+        assert_eq!(c.pixels[4 * 16 + 4], 10.0);
+        assert_eq!(c.pixels[0], (36 % 5) as f32);
+        let lb = zoom_input(&img, win, 32, 0.0, 1.0).unwrap();
+        assert_eq!(lb.scale, 2.0);
+        // The square fills the middle half of the input.
+        assert!(lb.pixels[16 * 32 + 16] > 0.9 && lb.pixels[2 * 32 + 2] < 0.6);
     }
 
     #[test]

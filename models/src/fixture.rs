@@ -69,6 +69,8 @@ pub struct FixtureLocaliser {
     /// The constant box side it outputs, in input pixels.
     pub box_side: f32,
     pub min_confidence: f32,
+    /// The spec's zoom pass factor (`None`: first pass only).
+    pub zoom: Option<f32>,
 }
 
 impl Default for FixtureLocaliser {
@@ -77,6 +79,7 @@ impl Default for FixtureLocaliser {
             input_size: 64,
             box_side: 20.0,
             min_confidence: 0.5,
+            zoom: None,
         }
     }
 }
@@ -395,6 +398,7 @@ pub fn write_bundle(dir: &Path, cfg: &FixtureConfig) -> Result<Fixture, FixtureE
                     mean: LOCALISER_MEAN,
                     std: LOCALISER_STD,
                     min_confidence: l.min_confidence,
+                    zoom: l.zoom,
                 })
             }
         },

@@ -9,6 +9,12 @@
 //! Loss: CenterNet's penalty-reduced focal loss on the heat-map (α = 2, β = 4), normalised
 //! by the number of lesions, plus L1 on the offset (after σ) and on the log-size at the
 //! centre cell.
+//!
+//! Training samples are drawn afresh every epoch from the full-resolution radiographs
+//! ([`training_sample`]): the whole image or, for the zoom pass (`localise::zoom_window`),
+//! a window around the lesion of jittered size and position; then a random contrast curve,
+//! noise, collimation-like borders and flips, so the net sees other centres' acquisition
+//! chains than the internal one. Evaluation runs both passes as the engine does.
 
 use crate::nets::localiser::{self as net, Localiser, LocaliserConfig};
 use crate::onnx::ExportError;
@@ -27,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Instant;
 use tirp_firmware::localise::{self, Detection};
-use tirp_firmware::preprocess::{PreprocessError, Roi};
+use tirp_firmware::preprocess::{GrayImage, PreprocessError, Roi};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocaliserError {
@@ -52,6 +58,45 @@ pub enum LocaliserError {
     Config(String),
 }
 
+/// Full-resolution radiographs with their recorded boxes: training samples and the zoom
+/// pass's windows are cut from these.
+pub struct Radiographs {
+    pub images: Vec<GrayImage>,
+    pub roi: Vec<Roi>,
+    pub paths: Vec<PathBuf>,
+}
+
+impl Radiographs {
+    /// Loads every record in parallel; `progress()` after each one.
+    pub fn load(records: &[&Record], progress: &(dyn Fn() + Sync)) -> Result<Self, LocaliserError> {
+        let items: Vec<(GrayImage, Roi)> = records
+            .par_iter()
+            .map(|r| {
+                let roi = r.roi.ok_or_else(|| LocaliserError::NoBox {
+                    path: r.path.clone(),
+                })?;
+                let img = radiograph::load_record(r)?;
+                progress();
+                Ok((img, roi))
+            })
+            .collect::<Result<_, LocaliserError>>()?;
+        let (images, roi) = items.into_iter().unzip();
+        Ok(Radiographs {
+            images,
+            roi,
+            paths: records.iter().map(|r| r.path.clone()).collect(),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.images.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.images.is_empty()
+    }
+}
+
 /// Letterboxed radiographs with their boxes (image pixels) and geometry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LetterboxSet {
@@ -64,41 +109,29 @@ pub struct LetterboxSet {
 }
 
 impl LetterboxSet {
-    /// Loads and letterboxes every record in parallel; `progress()` after each one.
-    pub fn load(
-        records: &[&Record],
+    /// Letterboxes every radiograph (in parallel).
+    pub fn from_images(
+        images: &Radiographs,
         side: u32,
         low_percentile: f32,
         high_percentile: f32,
-        progress: &(dyn Fn() + Sync),
     ) -> Result<Self, LocaliserError> {
-        let items: Vec<(localise::Letterbox, u32, u32, Roi)> = records
+        let items: Vec<localise::Letterbox> = images
+            .images
             .par_iter()
-            .map(|r| {
-                let roi = r.roi.ok_or_else(|| LocaliserError::NoBox {
-                    path: r.path.clone(),
-                })?;
-                let img = radiograph::load_record(r)?;
-                let lb = localise::letterbox(&img, side, low_percentile, high_percentile).map_err(
-                    |source| LocaliserError::Preprocess {
-                        path: r.path.clone(),
+            .zip(&images.paths)
+            .map(|(img, path)| {
+                localise::letterbox(img, side, low_percentile, high_percentile).map_err(|source| {
+                    LocaliserError::Preprocess {
+                        path: path.clone(),
                         source,
-                    },
-                )?;
-                progress();
-                Ok((lb, img.width, img.height, roi))
+                    }
+                })
             })
             .collect::<Result<_, LocaliserError>>()?;
-        let mut set = LetterboxSet {
-            side: side as usize,
-            inputs: Vec::with_capacity(items.len() * (side * side) as usize),
-            scale: Vec::new(),
-            width: Vec::new(),
-            height: Vec::new(),
-            roi: Vec::new(),
-        };
-        for (lb, w, h, roi) in items {
-            set.push(&lb.pixels, lb.scale, w, h, roi);
+        let mut set = LetterboxSet::empty(side as usize);
+        for (lb, (img, &roi)) in items.iter().zip(images.images.iter().zip(&images.roi)) {
+            set.push(&lb.pixels, lb.scale, img.width, img.height, roi);
         }
         Ok(set)
     }
@@ -196,14 +229,39 @@ pub struct Batch {
     pub mask2: Vec<f32>,
 }
 
+/// One training input: standardised pixels of the letterboxed frame, the lesion box in frame
+/// pixels and the letterbox scale (input pixels per frame pixel).
+pub struct Sample {
+    pub x: Vec<f32>,
+    pub roi: Roi,
+    pub scale: f32,
+}
+
 impl Batch {
+    /// A batch of images `idx` of `set` as they are (mirrored at random when `flips`).
     pub fn new<R: Rng>(set: &LetterboxSet, idx: &[usize], mut flips: Option<&mut R>) -> Self {
-        let c = set.side / localise::STRIDE as usize;
+        let samples: Vec<Sample> = idx
+            .iter()
+            .map(|&i| {
+                let flip = flips.as_deref_mut().is_some_and(|r| r.random_bool(0.5));
+                let (x, roi) = set.sample(i, flip);
+                Sample {
+                    x,
+                    roi,
+                    scale: set.scale[i],
+                }
+            })
+            .collect();
+        Batch::from_samples(set.side, &samples)
+    }
+
+    pub fn from_samples(side: usize, samples: &[Sample]) -> Self {
+        let c = side / localise::STRIDE as usize;
         let cc = c * c;
-        let n = idx.len();
+        let n = samples.len();
         let mut b = Batch {
             n,
-            x: Vec::with_capacity(n * set.pixels()),
+            x: Vec::with_capacity(n * side * side),
             heat: Vec::with_capacity(n * cc),
             pos: vec![0.0; n * cc],
             neg_weight: Vec::with_capacity(n * cc),
@@ -211,11 +269,10 @@ impl Batch {
             log_size: vec![0.0; 2 * n * cc],
             mask2: vec![0.0; 2 * n * cc],
         };
-        for (k, &i) in idx.iter().enumerate() {
-            let flip = flips.as_deref_mut().is_some_and(|r| r.random_bool(0.5));
-            let (x, roi) = set.sample(i, flip);
-            b.x.extend_from_slice(&x);
-            let t = localise::targets(roi, set.scale[i], c);
+        for (k, smp) in samples.iter().enumerate() {
+            assert_eq!(smp.x.len(), side * side);
+            b.x.extend_from_slice(&smp.x);
+            let t = localise::targets(smp.roi, smp.scale, c);
             b.pos[k * cc + t.centre] = 1.0;
             for (j, &y) in t.heatmap.iter().enumerate() {
                 b.neg_weight.push(if j == t.centre {
@@ -233,6 +290,191 @@ impl Batch {
             }
         }
         b
+    }
+}
+
+/// Training-time augmentation (see the module doc).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Augment {
+    /// Probability of a zoom-pass window instead of the whole image (when zooming at all).
+    pub zoom_p: f64,
+    /// The window's zoom factor is drawn from `zoom × [1 − spread, 1 + spread]`.
+    pub zoom_spread: f32,
+    /// The window's centre is moved by up to this fraction of its side (the first pass's error).
+    pub zoom_jitter: f32,
+    /// Contrast curve `v^γ` on the frame's range, γ log-uniform in this range.
+    pub gamma: [f32; 2],
+    /// Gaussian noise of up to this fraction of the frame's range.
+    pub noise: f32,
+    /// Probability that a whole-image sample gets collimation-like bands at its edges.
+    pub borders_p: f64,
+    pub hflip: bool,
+    pub vflip: bool,
+}
+
+impl Default for Augment {
+    fn default() -> Self {
+        Augment {
+            zoom_p: 0.5,
+            zoom_spread: 0.35,
+            zoom_jitter: 0.15,
+            gamma: [0.65, 1.5],
+            noise: 0.03,
+            borders_p: 0.5,
+            hflip: true,
+            vflip: true,
+        }
+    }
+}
+
+impl Augment {
+    /// No augmentation at all.
+    pub fn none() -> Self {
+        Augment {
+            zoom_p: 0.0,
+            zoom_spread: 0.0,
+            zoom_jitter: 0.0,
+            gamma: [1.0, 1.0],
+            noise: 0.0,
+            borders_p: 0.0,
+            hflip: false,
+            vflip: false,
+        }
+    }
+}
+
+/// How a training sample is cut and letterboxed.
+pub struct SampleSpec {
+    pub side: u32,
+    pub low_percentile: f32,
+    pub high_percentile: f32,
+    pub mean: f32,
+    pub std: f32,
+    /// The zoom pass's factor (`None`: whole images only).
+    pub zoom: Option<f32>,
+}
+
+/// One augmented training sample of `img` with lesion `roi`.
+pub fn training_sample<R: Rng>(
+    img: &GrayImage,
+    roi: Roi,
+    spec: &SampleSpec,
+    aug: &Augment,
+    rng: &mut R,
+) -> Result<Sample, PreprocessError> {
+    // The frame: the whole image, or a zoom window around the lesion.
+    let window = match spec.zoom {
+        Some(zoom) if aug.zoom_p > 0.0 && rng.random_bool(aug.zoom_p.min(1.0)) => {
+            let z = zoom * rng.random_range(1.0 - aug.zoom_spread..=1.0 + aug.zoom_spread);
+            let long = roi.w.max(roi.h) as f32;
+            let reach = aug.zoom_jitter * long * z;
+            let cx = roi.x as f32 + roi.w as f32 / 2.0 + rng.random_range(-reach..=reach);
+            let cy = roi.y as f32 + roi.h as f32 / 2.0 + rng.random_range(-reach..=reach);
+            let around = Roi {
+                x: (cx - long / 2.0).round().max(0.0) as u32,
+                y: (cy - long / 2.0).round().max(0.0) as u32,
+                w: long as u32,
+                h: long as u32,
+            };
+            let w = localise::zoom_window(around, z, img.width, img.height);
+            localise::to_window(roi, w).map(|r| (w, r))
+        }
+        _ => None,
+    };
+    let (mut frame, froi) = match window {
+        Some((w, r)) => (localise::crop(img, w)?, r),
+        None => (img.clone(), roi),
+    };
+    augment_intensity(&mut frame, froi, aug, window.is_none(), rng);
+    let lb = localise::letterbox(&frame, spec.side, spec.low_percentile, spec.high_percentile)?;
+    let side = spec.side as usize;
+    let cw = ((frame.width as f32 * lb.scale).round() as usize).clamp(1, side);
+    let ch = ((frame.height as f32 * lb.scale).round() as usize).clamp(1, side);
+    let mut x = lb.pixels;
+    let mut froi = froi;
+    if aug.hflip && rng.random_bool(0.5) {
+        for row in 0..ch {
+            x[row * side..row * side + cw].reverse();
+        }
+        froi.x = frame.width.saturating_sub(froi.x + froi.w);
+    }
+    if aug.vflip && rng.random_bool(0.5) {
+        for row in 0..ch / 2 {
+            let (top, bottom) = x.split_at_mut((ch - 1 - row) * side);
+            top[row * side..row * side + cw].swap_with_slice(&mut bottom[..cw]);
+        }
+        froi.y = frame.height.saturating_sub(froi.y + froi.h);
+    }
+    x.iter_mut().for_each(|v| *v = (*v - spec.mean) / spec.std);
+    Ok(Sample {
+        x,
+        roi: froi,
+        scale: lb.scale,
+    })
+}
+
+/// Random contrast curve, noise and (on whole images) collimation-like bands that stop short
+/// of the lesion `roi`, in place.
+fn augment_intensity<R: Rng>(
+    img: &mut GrayImage,
+    roi: Roi,
+    aug: &Augment,
+    borders: bool,
+    rng: &mut R,
+) {
+    use rand_distr::{Distribution, StandardNormal};
+    let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
+    for &v in &img.pixels {
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    let range = hi - lo;
+    if range <= 0.0 {
+        return;
+    }
+    let [g0, g1] = aug.gamma;
+    if g1 > g0 {
+        let g = rng.random_range(g0.ln()..=g1.ln()).exp();
+        img.pixels
+            .iter_mut()
+            .for_each(|v| *v = lo + range * ((*v - lo) / range).powf(g));
+    }
+    if borders && aug.borders_p > 0.0 && rng.random_bool(aug.borders_p.min(1.0)) {
+        let (w, h) = (img.width as usize, img.height as usize);
+        let value = lo + range * if rng.random_bool(0.5) { 0.97 } else { 0.03 };
+        for edge in 0..4 {
+            if !rng.random_bool(0.5) {
+                continue;
+            }
+            let (along, room) = match edge {
+                0 => (h, roi.y as usize),
+                1 => (h, h.saturating_sub((roi.y + roi.h) as usize)),
+                2 => (w, roi.x as usize),
+                _ => (w, w.saturating_sub((roi.x + roi.w) as usize)),
+            };
+            let depth = ((along as f32 * rng.random_range(0.02..0.12f32)) as usize).min(room);
+            for y in 0..h {
+                for x in 0..w {
+                    let inside = match edge {
+                        0 => y < depth,
+                        1 => y >= h - depth,
+                        2 => x < depth,
+                        _ => x >= w - depth,
+                    };
+                    if inside {
+                        img.pixels[y * w + x] = value;
+                    }
+                }
+            }
+        }
+    }
+    if aug.noise > 0.0 {
+        let sigma = range * rng.random_range(0.0..=aug.noise);
+        img.pixels.iter_mut().for_each(|v| {
+            let n: f32 = StandardNormal.sample(rng);
+            *v += sigma * n;
+        });
     }
 }
 
@@ -299,7 +541,9 @@ pub struct LocaliserTrainConfig {
     pub lr: f64,
     pub warmup_steps: usize,
     pub weight_decay: f32,
-    pub flips: bool,
+    /// The zoom pass's factor (`localise::zoom_window`); `None`: one pass on the whole image.
+    pub zoom: Option<f32>,
+    pub augment: Augment,
     pub net: LocaliserConfig,
 }
 
@@ -312,7 +556,8 @@ impl Default for LocaliserTrainConfig {
             lr: 3e-3,
             warmup_steps: 30,
             weight_decay: 1e-4,
-            flips: true,
+            zoom: Some(4.0),
+            augment: Augment::default(),
             net: LocaliserConfig::default(),
         }
     }
@@ -432,7 +677,10 @@ pub fn decode_one(m: &Maps, k: usize, set: &LetterboxSet, i: usize) -> Detection
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Scored {
     pub confidence: Vec<f32>,
+    /// The final box's (after the zoom pass, when it ran).
     pub iou: Vec<f32>,
+    /// The first pass's box's.
+    pub first_pass_iou: Vec<f32>,
 }
 
 impl Scored {
@@ -467,19 +715,79 @@ impl Scored {
     }
 }
 
+/// What the zoom pass needs to run in evaluation: the full-resolution radiographs of the
+/// scored set, and how the engine builds the window's input.
+pub struct ZoomEval<'a> {
+    pub images: &'a Radiographs,
+    pub zoom: f32,
+    pub low_percentile: f32,
+    pub high_percentile: f32,
+    pub mean: f32,
+    pub std: f32,
+}
+
+/// Scores every image of `set` (standardised first-pass inputs) as the engine localises:
+/// the first pass, then with `zoom` the zoom pass on the window around each first box.
+/// `maps(set, idx)` runs the net on images `idx` of a set. Confidence is the first pass's.
+/// (The engine skips the zoom pass below `min_confidence`; those are sent to review.)
 pub fn score(
     set: &LetterboxSet,
     batch: usize,
-    mut maps: impl FnMut(&[usize]) -> Result<Maps, LocaliserError>,
+    zoom: Option<&ZoomEval>,
+    mut maps: impl FnMut(&LetterboxSet, &[usize]) -> Result<Maps, LocaliserError>,
 ) -> Result<Scored, LocaliserError> {
     let mut s = Scored::default();
     let idx: Vec<usize> = (0..set.len()).collect();
+    let mut first = Vec::with_capacity(set.len());
     for chunk in idx.chunks(batch.max(1)) {
-        let m = maps(chunk)?;
+        let m = maps(set, chunk)?;
         for (k, &i) in chunk.iter().enumerate() {
             let d = decode_one(&m, k, set, i);
             s.confidence.push(d.confidence);
-            s.iou.push(localise::iou(d.roi, set.roi[i]));
+            s.first_pass_iou.push(localise::iou(d.roi, set.roi[i]));
+            first.push(d.roi);
+        }
+    }
+    let Some(z) = zoom else {
+        s.iou = s.first_pass_iou.clone();
+        return Ok(s);
+    };
+    assert_eq!(z.images.len(), set.len(), "zoom images match the set");
+    let windows: Vec<localise::Window> = first
+        .iter()
+        .zip(&z.images.images)
+        .map(|(&r, img)| localise::zoom_window(r, z.zoom, img.width, img.height))
+        .collect();
+    let inputs: Vec<localise::Letterbox> = windows
+        .par_iter()
+        .zip(&z.images.images)
+        .zip(&z.images.paths)
+        .map(|((&w, img), path)| {
+            localise::zoom_input(img, w, set.side as u32, z.low_percentile, z.high_percentile)
+                .map_err(|source| LocaliserError::Preprocess {
+                    path: path.clone(),
+                    source,
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    let mut second = LetterboxSet::empty(set.side);
+    for (lb, w) in inputs.iter().zip(&windows) {
+        let x: Vec<f32> = lb.pixels.iter().map(|v| (v - z.mean) / z.std).collect();
+        // The box is not used for decoding; keep the set's invariants.
+        let dummy = Roi {
+            x: 0,
+            y: 0,
+            w: 1,
+            h: 1,
+        };
+        second.push(&x, lb.scale, w.side, w.side, dummy);
+    }
+    for chunk in idx.chunks(batch.max(1)) {
+        let m = maps(&second, chunk)?;
+        for (k, &i) in chunk.iter().enumerate() {
+            let d = decode_one(&m, k, &second, i);
+            let roi = localise::from_window(d.roi, windows[i]);
+            s.iou.push(localise::iou(roi, set.roi[i]));
         }
     }
     Ok(s)
@@ -533,10 +841,17 @@ pub struct TrainedLocaliser {
     pub history: Vec<LocEpoch>,
 }
 
-/// Trains from `seed` on `train` (standardised), selecting the epoch on `val`.
+/// Builds the batch of training images `idx` from an augmentation seed.
+pub type MakeBatch<'a> = dyn Fn(&[usize], u64) -> Result<Batch, LocaliserError> + Sync + 'a;
+
+/// Trains from `seed` on `n_train` images, selecting the epoch on validation.
+/// `make_batch(idx, seed)` builds the batch of training images `idx` (augmented from
+/// `seed`, drawn from the run's seeded generator: the run is reproducible);
+/// `validate(model)` scores the eval-mode model on validation.
 pub fn fit(
-    train: &LetterboxSet,
-    val: &LetterboxSet,
+    n_train: usize,
+    make_batch: &MakeBatch,
+    validate: &dyn Fn(&Localiser) -> Result<Scored, LocaliserError>,
     cfg: &LocaliserTrainConfig,
     on: &mut dyn FnMut(LocEvent),
 ) -> Result<TrainedLocaliser, LocaliserError> {
@@ -545,23 +860,14 @@ pub fn fit(
             "need epochs ≥ 1 and batch_size ≥ 2 (BatchNorm)".into(),
         ));
     }
-    if train.is_empty() {
+    if n_train == 0 {
         return Err(LocaliserError::Empty("train"));
-    }
-    if val.is_empty() {
-        return Err(LocaliserError::Empty("validation"));
-    }
-    if train.side != cfg.net.input_size || val.side != cfg.net.input_size {
-        return Err(LocaliserError::Config(format!(
-            "data side {} does not match the net's input {}",
-            train.side, cfg.net.input_size
-        )));
     }
     let model = train::init_module(cfg.seed, |d| Localiser::new(&cfg.net, d));
     let mut trainer = LocaliserTrainer::new(model, cfg);
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let mut order: Vec<usize> = (0..train.len()).collect();
-    let per_epoch = train.len() / cfg.batch_size + usize::from(train.len() % cfg.batch_size >= 2);
+    let mut order: Vec<usize> = (0..n_train).collect();
+    let per_epoch = n_train / cfg.batch_size + usize::from(n_train % cfg.batch_size >= 2);
     let total_steps = per_epoch * cfg.epochs;
     let mut global = 0usize;
     let mut best: Option<((f64, f64), usize, Localiser)> = None;
@@ -577,7 +883,7 @@ pub fn fit(
         let mut seen = 0usize;
         let mut lr = cfg.lr;
         for (step, idx) in batches.iter().enumerate() {
-            let b = Batch::new(train, idx, cfg.flips.then_some(&mut rng));
+            let b = make_batch(idx, rng.random())?;
             lr = cfg.lr_at(global, total_steps);
             let l = trainer.step(&b, lr)?;
             if !l[0].is_finite() {
@@ -602,7 +908,7 @@ pub fn fit(
         }
         let train_seconds = start.elapsed().as_secs_f64();
         let eval = trainer.model().valid();
-        let scored = score(val, 64, |idx| Ok(burn_maps(&eval, val, idx)?))?;
+        let scored = validate(&eval)?;
         let n = seen.max(1) as f64;
         let stats = LocEpoch {
             epoch,
@@ -643,11 +949,20 @@ pub struct SplitReport {
     pub below_min_confidence: f64,
     /// Recall at IoU ≥ 0.5 counting only detections at or above `min_confidence`.
     pub recall_iou50_confident: f64,
+    /// The first pass alone (equal to the above without a zoom pass).
+    pub first_pass_recall_iou50: f64,
+    pub first_pass_mean_iou: f64,
 }
 
 impl SplitReport {
     pub fn new(s: &Scored, min_confidence: f32) -> Self {
+        let first = Scored {
+            iou: s.first_pass_iou.clone(),
+            ..Scored::default()
+        };
         SplitReport {
+            first_pass_recall_iou50: first.recall(0.5),
+            first_pass_mean_iou: first.mean_iou(),
             n: s.n(),
             recall_iou50: s.recall(0.5),
             recall_iou30: s.recall(0.3),
@@ -695,6 +1010,8 @@ pub struct LocaliserReport {
     pub mean: f32,
     pub std: f32,
     pub min_confidence: f32,
+    /// The zoom pass's factor, as in the spec.
+    pub zoom: Option<f32>,
     pub seed: u64,
     pub epochs: usize,
     pub best_epoch: usize,
@@ -762,23 +1079,76 @@ pub fn train_into(
             f(RunEvent::Letterbox { done: d, total });
         }
     };
-    let mut sets = Vec::new();
+    let mut images = Vec::new();
     for r in &records {
-        sets.push(LetterboxSet::load(
-            r,
+        images.push(Radiographs::load(r, &tick)?);
+    }
+    let mut sets = Vec::new();
+    for im in &images {
+        sets.push(LetterboxSet::from_images(
+            im,
             side,
             low_percentile,
             high_percentile,
-            &tick,
         )?);
     }
     let load_seconds = load_start.elapsed().as_secs_f64();
     let (mean, std) = sets[0].mean_std();
     sets.iter_mut().for_each(|s| s.standardise(mean, std));
     let [train, val, test, external] = <[LetterboxSet; 4]>::try_from(sets).expect("four splits");
+    let zoom_of = |im| {
+        cfg.zoom.map(|zoom| ZoomEval {
+            images: im,
+            zoom,
+            low_percentile,
+            high_percentile,
+            mean,
+            std,
+        })
+    };
+    let zooms: Vec<Option<ZoomEval>> = images.iter().map(zoom_of).collect();
+    let sample_spec = SampleSpec {
+        side,
+        low_percentile,
+        high_percentile,
+        mean,
+        std,
+        zoom: cfg.zoom,
+    };
+    let train_images = &images[0];
+    let make_batch = |idx: &[usize], seed: u64| -> Result<Batch, LocaliserError> {
+        let samples = idx
+            .par_iter()
+            .enumerate()
+            .map(|(k, &i)| {
+                let mut rng = ChaCha8Rng::seed_from_u64(
+                    seed ^ (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                );
+                training_sample(
+                    &train_images.images[i],
+                    train_images.roi[i],
+                    &sample_spec,
+                    &cfg.augment,
+                    &mut rng,
+                )
+                .map_err(|source| LocaliserError::Preprocess {
+                    path: train_images.paths[i].clone(),
+                    source,
+                })
+            })
+            .collect::<Result<Vec<Sample>, _>>()?;
+        Ok(Batch::from_samples(side as usize, &samples))
+    };
+    let validate = |m: &Localiser| {
+        score(&val, 64, zooms[1].as_ref(), |set, idx| {
+            Ok(burn_maps(m, set, idx)?)
+        })
+    };
     on(RunEvent::Stage("training"));
     let start = Instant::now();
-    let trained = fit(&train, &val, cfg, &mut |e| on(RunEvent::Train(e)))?;
+    let trained = fit(train.len(), &make_batch, &validate, cfg, &mut |e| {
+        on(RunEvent::Train(e))
+    })?;
     let train_seconds = start.elapsed().as_secs_f64();
     on(RunEvent::Stage("exporting and evaluating in tract"));
     let model = net::export(&trained.model)?;
@@ -788,11 +1158,13 @@ pub fn train_into(
     let t = TractMember::load(&bytes, cfg.net.input_size)?;
     let probe: Vec<usize> = (0..val.len().min(16)).collect();
     let tract_parity = parity(&trained.model, &t, &val, &probe)?;
-    let eval = |set: &LetterboxSet| score(set, 32, |idx| Ok(tract_maps(&t, set, idx)?));
-    let val_s = eval(&val)?;
+    let eval = |set: &LetterboxSet, z: Option<&ZoomEval>| {
+        score(set, 32, z, |s, idx| Ok(tract_maps(&t, s, idx)?))
+    };
+    let val_s = eval(&val, zooms[1].as_ref())?;
     let min_confidence = choose_min_confidence(&val_s);
-    let test_s = eval(&test)?;
-    let ext_s = eval(&external)?;
+    let test_s = eval(&test, zooms[2].as_ref())?;
+    let ext_s = eval(&external, zooms[3].as_ref())?;
     Ok(LocaliserReport {
         architecture: cfg.net.describe(),
         params: trained.model.num_params(),
@@ -802,6 +1174,7 @@ pub fn train_into(
         mean,
         std,
         min_confidence,
+        zoom: cfg.zoom,
         seed: cfg.seed,
         epochs: cfg.epochs,
         best_epoch: trained.best_epoch,
@@ -1008,7 +1381,7 @@ mod tests {
             t.step(&b, cfg.lr_at(s, steps)).unwrap();
         }
         let eval = t.model().valid();
-        let scored = score(&set, 16, |i| Ok(burn_maps(&eval, &set, i)?)).unwrap();
+        let scored = score(&set, 16, None, |s, i| Ok(burn_maps(&eval, s, i)?)).unwrap();
         assert!(scored.recall(0.5) >= 0.75, "{scored:?}");
         assert!(scored.mean_iou() >= 0.5, "{scored:?}");
     }
@@ -1020,10 +1393,154 @@ mod tests {
             iou: (0..200)
                 .map(|i| if i % 2 == 0 { 0.9 } else { 0.1 })
                 .collect(),
+            ..Scored::default()
         };
         let m = choose_min_confidence(&s);
         assert_eq!(m, 2.0 / 200.0);
         assert!(s.recall_confident(0.5, m) >= 0.99 * s.recall(0.5));
         assert_eq!(choose_min_confidence(&Scored::default()), 0.0);
+    }
+
+    /// A full-resolution radiograph-like image: noise with one bright box, as `Radiographs`.
+    fn blob_image(w: u32, h: u32, b: Roi, seed: u64) -> GrayImage {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let px = (0..w * h)
+            .map(|i| {
+                let (x, y) = (i % w, i / w);
+                let inside = (b.x..b.x + b.w).contains(&x) && (b.y..b.y + b.h).contains(&y);
+                (if inside { 3000.0 } else { 1000.0 }) + rng.random_range(-100.0..100.0)
+            })
+            .collect();
+        GrayImage::new(w, h, px).unwrap()
+    }
+
+    /// Whatever the frame, zoom, flips and contrast, the sample's box is where the bright
+    /// blob landed in the sample's input.
+    #[test]
+    fn training_samples_keep_the_box_on_the_lesion() {
+        let b = Roi {
+            x: 300,
+            y: 90,
+            w: 40,
+            h: 24,
+        };
+        let img = blob_image(480, 360, b, 1);
+        let spec = SampleSpec {
+            side: 64,
+            low_percentile: 0.01,
+            high_percentile: 0.99,
+            mean: 0.0,
+            std: 1.0,
+            zoom: Some(4.0),
+        };
+        let aug = Augment {
+            noise: 0.0,
+            ..Augment::default()
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let mut zoomed = 0;
+        for _ in 0..40 {
+            let smp = training_sample(&img, b, &spec, &aug, &mut rng).unwrap();
+            assert_eq!(smp.x.len(), 64 * 64);
+            let s = smp.scale;
+            zoomed += usize::from(s > 64.0 / 480.0 + 1e-6);
+            // The centre of the box is bright and a point well outside it is not.
+            let cx = ((smp.roi.x as f32 + smp.roi.w as f32 / 2.0) * s) as usize;
+            let cy = ((smp.roi.y as f32 + smp.roi.h as f32 / 2.0) * s) as usize;
+            let at = |x: usize, y: usize| smp.x[y.min(63) * 64 + x.min(63)];
+            assert!(at(cx, cy) > 0.8, "centre {cx},{cy} = {}", at(cx, cy));
+            let off_x = if cx > 32 {
+                cx - (smp.roi.w as f32 * s) as usize - 3
+            } else {
+                cx + (smp.roi.w as f32 * s) as usize + 3
+            };
+            assert!(
+                at(off_x, cy) < 0.8,
+                "outside {off_x},{cy} = {}",
+                at(off_x, cy)
+            );
+        }
+        // About half are zoom windows.
+        assert!((10..=30).contains(&zoomed), "{zoomed} of 40 zoomed");
+        // Seeded: the same draw twice.
+        let a = training_sample(&img, b, &spec, &aug, &mut ChaCha8Rng::seed_from_u64(9)).unwrap();
+        let c = training_sample(&img, b, &spec, &aug, &mut ChaCha8Rng::seed_from_u64(9)).unwrap();
+        assert_eq!((a.x, a.roi), (c.x, c.roi));
+    }
+
+    /// Collimation bands never cover the lesion.
+    #[test]
+    fn borders_stop_short_of_the_lesion() {
+        let b = Roi {
+            x: 2,
+            y: 100,
+            w: 30,
+            h: 30,
+        };
+        let aug = Augment {
+            borders_p: 1.0,
+            noise: 0.0,
+            gamma: [1.0, 1.0],
+            ..Augment::default()
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for seed in 0..20 {
+            let mut img = blob_image(200, 200, b, seed);
+            augment_intensity(&mut img, b, &aug, true, &mut rng);
+            for y in b.y..b.y + b.h {
+                for x in b.x..b.x + b.w {
+                    assert!(img.pixels[(y * 200 + x) as usize] > 2800.0);
+                }
+            }
+        }
+    }
+
+    /// The zoom pass in scoring: a net that always answers "a 4-pixel box at the middle cell"
+    /// gives a 32-pixel first box on the 512² image (scale 1/8), then, on the 128-pixel
+    /// window around it (zoom 4, scale 1/2), an 8-pixel box mapped back to the image centre.
+    #[test]
+    fn zoom_scoring_maps_the_window_box_back() {
+        let b = Roi {
+            x: 252,
+            y: 252,
+            w: 8,
+            h: 8,
+        };
+        let images = Radiographs {
+            images: vec![blob_image(512, 512, b, 4)],
+            roi: vec![b],
+            paths: vec![PathBuf::from("blob")],
+        };
+        let set = LetterboxSet::from_images(&images, 64, 0.01, 0.99).unwrap();
+        let c = 16usize;
+        // Peak at cell (8, 8), offset 0, size 4 input pixels.
+        let fixed = |n: usize| {
+            let mut heatmap = vec![0.0; n * c * c];
+            for k in 0..n {
+                heatmap[k * c * c + 8 * c + 8] = 0.9;
+            }
+            Maps {
+                heatmap,
+                offset: vec![0.0; n * 2 * c * c],
+                size: vec![4.0; n * 2 * c * c],
+            }
+        };
+        let z = ZoomEval {
+            images: &images,
+            zoom: 4.0,
+            low_percentile: 0.01,
+            high_percentile: 0.99,
+            mean: 0.0,
+            std: 1.0,
+        };
+        let one = score(&set, 8, None, |_, idx| Ok(fixed(idx.len()))).unwrap();
+        let two = score(&set, 8, Some(&z), |_, idx| Ok(fixed(idx.len()))).unwrap();
+        // First box (240, 240, 32, 32): IoU 64 / 1024 with the 8-pixel truth.
+        assert_eq!(one.iou, one.first_pass_iou);
+        assert!((one.iou[0] - 0.0625).abs() < 1e-6, "{one:?}");
+        // Window (192, 192, 128): the second box (60, 60, 8, 8) in it is the truth.
+        assert_eq!(two.first_pass_iou, one.first_pass_iou);
+        assert_eq!(two.iou, vec![1.0]);
+        assert_eq!(two.confidence, vec![0.9]);
     }
 }

@@ -135,6 +135,67 @@ fn the_localiser_finds_the_bright_lesion_and_feeds_the_ensemble() {
     }
 }
 
+/// With `zoom` in the spec the engine looks again on a window around the first box: the
+/// fixture's constant 20-input-pixel box is 100 image pixels on the whole 320-pixel image and
+/// 75 on the 240-pixel window (zoom 3 × 100, capped at the image's height), so the final box
+/// hugs the 64-pixel lesion closer; the window is reported, the confidence is the first pass's.
+#[test]
+fn the_zoom_pass_tightens_the_box_inside_its_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = FixtureConfig {
+        localiser: Some(FixtureLocaliser {
+            zoom: Some(3.0),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    fixture::write_bundle(dir.path(), &cfg).unwrap();
+    let zoomed = Engine::load(dir.path(), &opts()).unwrap();
+    let plain_dir = tempfile::tempdir().unwrap();
+    let plain = bundle(plain_dir.path(), 0.5);
+    let img = blob_image(BLOB, 6);
+    let first = plain.localise(&img).unwrap().unwrap();
+    let l = zoomed.localise(&img).unwrap().unwrap();
+    assert!(first.window.is_none());
+    let w = l.window.expect("the zoom pass ran");
+    assert_eq!(w.side, 240);
+    assert!(
+        contains(
+            Roi {
+                x: w.x,
+                y: w.y,
+                w: w.side,
+                h: w.side
+            },
+            l.roi
+        ),
+        "{:?} outside {w:?}",
+        l.roi
+    );
+    assert_eq!(l.confidence, first.confidence);
+    assert!(
+        first.roi.w >= 99 && (74..=76).contains(&l.roi.w),
+        "{first:?} → {l:?}"
+    );
+    let iou = tirp_firmware::localise::iou;
+    assert!(
+        iou(l.roi, BLOB) > iou(first.roi, BLOB) + 0.2,
+        "{first:?} → {l:?}"
+    );
+    assert!(iou(l.roi, BLOB) > 0.6, "{l:?}");
+    // The prediction uses the zoomed box, and reports the window.
+    let p = zoomed
+        .predict(&img, None, ClinicalInput::default(), Explain::GradCam)
+        .unwrap();
+    assert_eq!(p.roi, l.roi);
+    let v = serde_json::to_value(&p).unwrap();
+    assert_eq!(v["localiser"]["window"]["side"], 240);
+    // Below the minimum confidence the zoom pass does not run: the first box is shown.
+    let flat = GrayImage::new(200, 160, vec![700.0; 200 * 160]).unwrap();
+    let r = zoomed.localise(&flat).unwrap().unwrap();
+    assert!(!r.localised() && r.window.is_none());
+}
+
 #[test]
 fn a_callers_roi_wins_and_the_localiser_does_not_run() {
     let dir = tempfile::tempdir().unwrap();
@@ -263,6 +324,10 @@ fn bad_localiser_specs_are_refused_at_load() {
         (
             "min_confidence",
             Box::new(|s: &mut EnsembleSpec| s.localiser.as_mut().unwrap().min_confidence = 1.5),
+        ),
+        (
+            "zoom",
+            Box::new(|s: &mut EnsembleSpec| s.localiser.as_mut().unwrap().zoom = Some(0.5)),
         ),
     ] {
         let mut s = good.clone();

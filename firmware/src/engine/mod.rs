@@ -160,9 +160,12 @@ pub struct LocaliserReport {
     pub confidence: f32,
     /// The box it found, in image pixels (the prediction's ROI unless `review`).
     pub roi: Roi,
+    /// The zoom pass's window, when it ran (see [`localise`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<localise::Window>,
     /// The bundle's threshold: below it the result is [`FLAG_NO_LESION`].
     pub min_confidence: f32,
-    /// Letterbox, graph and decoding.
+    /// Letterbox, graph and decoding (both passes).
     pub ms: f64,
 }
 
@@ -423,6 +426,11 @@ impl Engine {
                 if !(l.std > 0.0 && l.std.is_finite() && l.mean.is_finite()) {
                     return Err(bad(format!("mean {} / std {}", l.mean, l.std)));
                 }
+                if let Some(z) = l.zoom
+                    && !(z.is_finite() && z >= 1.0)
+                {
+                    return Err(bad(format!("zoom {z} is not at least 1")));
+                }
                 if !(0.0..=1.0).contains(&l.min_confidence) {
                     return Err(bad(format!(
                         "min_confidence {} outside [0, 1]",
@@ -493,19 +501,53 @@ impl Engine {
 
     /// Runs the bundle's localiser on the whole radiograph (`None`: the bundle has none):
     /// [`localise::letterbox`] with the members' percentiles → the localiser's mean/std →
-    /// the graph → [`localise::decode`].
+    /// the graph → [`localise::decode`]; then, when the spec asks for it and the first box is
+    /// confident, the zoom pass on [`localise::zoom_window`] of that box.
     pub fn localise(&self, image: &GrayImage) -> Result<Option<LocaliserReport>> {
         let (Some(plan), Some(spec)) = (&self.localiser, &self.spec.localiser) else {
             return Ok(None);
         };
         let t = Instant::now();
         let pp = &self.spec.preprocess;
-        let lb = localise::letterbox(
-            image,
-            spec.input_size,
-            pp.low_percentile,
-            pp.high_percentile,
-        )?;
+        let (lo, hi) = (pp.low_percentile, pp.high_percentile);
+        let lb = localise::letterbox(image, spec.input_size, lo, hi)?;
+        let first = self.run_localiser(plan, spec, &lb, image.width, image.height)?;
+        // A graph giving NaN everywhere decodes to −∞: not a lesion, and JSON-safe.
+        let confidence = if first.confidence.is_finite() {
+            first.confidence
+        } else {
+            0.0
+        };
+        let mut roi = first.roi;
+        let mut window = None;
+        if let Some(zoom) = spec.zoom
+            && confidence >= spec.min_confidence
+        {
+            let w = localise::zoom_window(first.roi, zoom, image.width, image.height);
+            let zl = localise::zoom_input(image, w, spec.input_size, lo, hi)?;
+            let d = self.run_localiser(plan, spec, &zl, w.side, w.side)?;
+            roi = localise::from_window(d.roi, w);
+            window = Some(w);
+        }
+        Ok(Some(LocaliserReport {
+            confidence,
+            roi,
+            window,
+            min_confidence: spec.min_confidence,
+            ms: ms(t),
+        }))
+    }
+
+    /// One pass of the localiser graph on a letterboxed input, decoded into the pixels of the
+    /// `width × height` image the letterbox was made from.
+    fn run_localiser(
+        &self,
+        plan: &Plan,
+        spec: &crate::ensemble::LocaliserSpec,
+        lb: &localise::Letterbox,
+        width: u32,
+        height: u32,
+    ) -> Result<localise::Detection> {
         let x: Vec<f32> = lb
             .pixels
             .iter()
@@ -528,26 +570,15 @@ impl Engine {
                 });
             }
         }
-        let d = localise::decode(
+        Ok(localise::decode(
             &out[0].values,
             &out[2].values,
             &out[1].values,
             c,
             lb.scale,
-            image.width,
-            image.height,
-        );
-        Ok(Some(LocaliserReport {
-            // A graph giving NaN everywhere decodes to −∞: not a lesion, and JSON-safe.
-            confidence: if d.confidence.is_finite() {
-                d.confidence
-            } else {
-                0.0
-            },
-            roi: d.roi,
-            min_confidence: spec.min_confidence,
-            ms: ms(t),
-        }))
+            width,
+            height,
+        ))
     }
 
     /// Whether every member exports its feature map (Score-CAM possible).

@@ -31,6 +31,9 @@ pub struct TrainLocaliserArgs {
     /// Peak learning rate (AdamW, warm-up then cosine).
     #[arg(long, default_value_t = LocaliserTrainConfig::default().lr)]
     lr: f64,
+    /// The zoom pass's window, as a multiple of the first box's longer side (0: no zoom pass).
+    #[arg(long, default_value_t = LocaliserTrainConfig::default().zoom.unwrap_or(0.0))]
+    zoom: f32,
 }
 
 fn style(template: &str) -> ProgressStyle {
@@ -59,8 +62,12 @@ pub fn run(args: TrainLocaliserArgs, out: &Output) -> Result<()> {
         epochs: args.epochs,
         batch_size: args.batch,
         lr: args.lr,
+        zoom: (args.zoom > 0.0).then_some(args.zoom),
         ..Default::default()
     };
+    if !args.zoom.is_finite() || args.zoom < 0.0 || (args.zoom > 0.0 && args.zoom < 1.5) {
+        anyhow::bail!("--zoom must be 0 (off) or at least 1.5, got {}", args.zoom);
+    }
     cfg.net.input_size = args.size;
 
     let bars = MultiProgress::new();
@@ -139,6 +146,7 @@ pub fn run(args: TrainLocaliserArgs, out: &Output) -> Result<()> {
         mean: report.mean,
         std: report.std,
         min_confidence: report.min_confidence,
+        zoom: report.zoom,
     });
     spec.save(&args.bundle)
         .with_context(|| format!("writing the spec in {}", args.bundle.display()))?;
