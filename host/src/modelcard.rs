@@ -430,14 +430,169 @@ impl ModelCard {
                 spec.cam_weight
             );
         }
-        let _ = writeln!(md, "\n## Files\n");
-        let _ = writeln!(md, "| file | bytes | SHA-256 |");
-        let _ = writeln!(md, "|---|---|---|");
-        for f in &self.files {
-            let _ = writeln!(md, "| {} | {} | `{}` |", f.name, f.bytes, f.sha256);
-        }
+        md.push('\n');
+        md.push_str(&files_markdown(&self.files));
         md
     }
+}
+
+const FILES_HEADING: &str = "## Files\n";
+const LOCALISER_HEADING: &str = "## Lesion localiser\n";
+
+fn files_markdown(files: &[FileRow]) -> String {
+    let mut md = format!("{FILES_HEADING}\n| file | bytes | SHA-256 |\n|---|---|---|\n");
+    for f in files {
+        let _ = writeln!(md, "| {} | {} | `{}` |", f.name, f.bytes, f.sha256);
+    }
+    md
+}
+
+/// Adds (or replaces) the lesion localiser in a trained bundle's model card: `localiser`
+/// (what `tirp train-localiser` measured, see [`localiser_markdown`]) in `model_card.json`,
+/// its section in `MODEL_CARD.md`, the spec as it now is, and every file's hash again (the
+/// localiser and the golden pair changed).
+pub fn add_localiser(dir: &Path, localiser: &serde_json::Value) -> Result<()> {
+    let json_path = dir.join(CARD_JSON);
+    let md_path = dir.join(CARD_MD);
+    let mut card: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&json_path).with_context(|| format!("reading {}", json_path.display()))?,
+    )
+    .with_context(|| format!("{}: not a model card", json_path.display()))?;
+    let spec = tirp_firmware::ensemble::EnsembleSpec::load(dir)?;
+    let files = file_rows(dir)?;
+    let obj = card
+        .as_object_mut()
+        .with_context(|| format!("{}: not a model card", json_path.display()))?;
+    obj.insert("localiser".into(), localiser.clone());
+    obj.insert("files".into(), serde_json::to_value(&files)?);
+    obj.get_mut("trained")
+        .and_then(|t| t.as_object_mut())
+        .with_context(|| format!("{}: no `trained` section", json_path.display()))?
+        .insert("spec".into(), serde_json::to_value(&spec)?);
+    let md = std::fs::read_to_string(&md_path)
+        .with_context(|| format!("reading {}", md_path.display()))?;
+    // Everything before the localiser's old section (if any) and the file list, then both anew.
+    let end = [md.find(LOCALISER_HEADING), md.find(FILES_HEADING)]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(md.len());
+    let mut out = md[..end].trim_end().to_owned();
+    out.push_str("\n\n");
+    out.push_str(&localiser_markdown(localiser));
+    out.push('\n');
+    out.push_str(&files_markdown(&files));
+    std::fs::write(&json_path, serde_json::to_vec_pretty(&card)?)
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    std::fs::write(&md_path, out).with_context(|| format!("writing {}", md_path.display()))?;
+    Ok(())
+}
+
+/// The model card's localiser section from `localiser.json` as `tirp train-localiser` writes
+/// it (the training report plus `task_effect` and `latency_ms`).
+pub fn localiser_markdown(l: &serde_json::Value) -> String {
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+    let pct = |v: &serde_json::Value| format!("{:.1}%", 100.0 * f(v));
+    let mut md = String::from(LOCALISER_HEADING);
+    let zoom = match l["zoom"].as_f64() {
+        Some(z) => format!(
+            " Zoom pass: the same graph again on a square window {z}× the first box's longer \
+             side; the final box is the window's, whether a lesion was found is the first pass's."
+        ),
+        None => " No zoom pass.".to_owned(),
+    };
+    let _ = writeln!(
+        md,
+        "\n`{}` ({} parameters, {} bytes): {}. Input: the whole radiograph letterboxed to \
+         {}×{}.{zoom} Trained from seed {} for {} epochs (best {} on validation recall), \
+         {:.1} min; tract parity {:.1e}. Minimum confidence {:.3} (the 1st percentile of \
+         validation's correct detections): below it the result is \"no lesion localised — \
+         review\".\n",
+        l["file"].as_str().unwrap_or("?"),
+        l["params"],
+        l["bytes"],
+        l["architecture"].as_str().unwrap_or("?"),
+        l["input_size"],
+        l["input_size"],
+        l["seed"],
+        l["epochs"],
+        l["best_epoch"].as_u64().map_or(0, |e| e + 1),
+        f(&l["train_seconds"]) / 60.0,
+        f(&l["tract_parity"]),
+        f(&l["min_confidence"]),
+    );
+    let _ = writeln!(
+        md,
+        "Localisation against the recorded boxes (targets: recall at IoU ≥ 0.5 of 95% internal, \
+         90% external):\n"
+    );
+    let _ = writeln!(
+        md,
+        "| split | n | recall IoU ≥ 0.5 | ≥ 0.3 | ≥ 0.7 | mean IoU | first pass: recall ≥ 0.5 / mean IoU | below min confidence |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+    for (name, key) in [
+        ("validation", "validation"),
+        ("internal test", "internal_test"),
+        ("external", "external"),
+    ] {
+        let r = &l[key];
+        let _ = writeln!(
+            md,
+            "| {name} | {} | {} | {} | {} | {:.3} | {} / {:.3} | {} |",
+            r["n"],
+            pct(&r["recall_iou50"]),
+            pct(&r["recall_iou30"]),
+            pct(&r["recall_iou70"]),
+            f(&r["mean_iou"]),
+            pct(&r["first_pass_recall_iou50"]),
+            f(&r["first_pass_mean_iou"]),
+            pct(&r["below_min_confidence"]),
+        );
+    }
+    if let Some(t) = l["task_effect"].as_object() {
+        let _ = writeln!(
+            md,
+            "\nEffect on the task: the engine's ensemble AUC (DeLong 95% CI) with the localiser's \
+             boxes and with the recorded boxes, on the studies it localised (target: within \
+             0.01):\n"
+        );
+        let _ = writeln!(
+            md,
+            "| split | studies | review | AUC automatic boxes | AUC recorded boxes | automatic − recorded |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|");
+        let auc = |v: &serde_json::Value| {
+            format!(
+                "{:.3} ({:.3}–{:.3})",
+                f(&v["auc"]),
+                f(&v["ci_low"]),
+                f(&v["ci_high"])
+            )
+        };
+        for (name, e) in t {
+            let _ = writeln!(
+                md,
+                "| {name} | {} | {} | {} | {} | {:+.4} |",
+                e["n_studies"],
+                e["n_review"],
+                auc(&e["ensemble_auc_automatic_boxes"]),
+                auc(&e["ensemble_auc_recorded_boxes"]),
+                f(&e["ensemble_auc_delta"]),
+            );
+        }
+    }
+    if let Some(ms) = l["latency_ms"].as_object() {
+        let _ = writeln!(
+            md,
+            "\nAdded latency per study (the localiser, both passes, one thread, on the golden \
+             radiograph, {} runs on the training machine): p50 {:.1} ms, p95 {:.1} ms.",
+            ms.get("runs").unwrap_or(&serde_json::Value::Null),
+            ms.get("p50").map_or(f64::NAN, f),
+            ms.get("p95").map_or(f64::NAN, f),
+        );
+    }
+    md
 }
 
 fn kind_name(k: tirp_firmware::ensemble::StackerKind) -> &'static str {

@@ -152,6 +152,90 @@ fn train_writes_a_complete_reproducible_bundle() {
         .unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--force"));
+
+    train_localiser_completes_the_bundle(&labels, &a);
+}
+
+/// `tirp train-localiser` into the trained bundle: the localiser file and spec entry (zoom
+/// pass on), the report with the task effect and latency, the model card's localiser section
+/// and file hashes, and a golden pair the localiser path reproduces; `--card-only` redoes the
+/// card steps without training and leaves one localiser section.
+fn train_localiser_completes_the_bundle(labels: &Path, a: &Path) {
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "--json",
+            "train-localiser",
+            "--labels",
+            labels.to_str().unwrap(),
+            "--bundle",
+            a.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        serde_json::from_slice(&tirp(&args).stdout).expect("train-localiser --json prints JSON")
+    };
+    let r = run(&["--epochs", "1", "--size", "32", "--batch", "8"]);
+    let spec = EnsembleSpec::load(a).unwrap();
+    let l = spec.localiser.as_ref().expect("the spec has the localiser");
+    assert_eq!((l.input_size, l.zoom), (32, Some(4.0)));
+    assert!(a.join(&l.file).is_file());
+    for split in ["internal test", "external"] {
+        let e = &r["task_effect"][split];
+        let n = e["n_studies"].as_u64().unwrap();
+        assert!(n > 0 && e["n_review"].as_u64().unwrap() <= n, "{e}");
+        assert!(e["iou_with_recorded"]["n"].as_u64().unwrap() == n);
+    }
+    assert!(r["latency_ms"]["p50"].as_f64().unwrap() > 0.0);
+    assert!(r["internal_test"]["first_pass_recall_iou50"].is_number());
+    let md = std::fs::read_to_string(a.join("MODEL_CARD.md")).unwrap();
+    let card_json = || -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(a.join("model_card.json")).unwrap()).unwrap()
+    };
+    let check_card = |md: &str| {
+        assert_eq!(md.matches("## Lesion localiser").count(), 1, "{md}");
+        assert_eq!(md.matches("## Files").count(), 1, "{md}");
+        assert!(md.find("## Lesion localiser") < md.find("## Files"));
+        assert!(md.contains("Effect on the task") && md.contains("localiser.onnx"));
+        let card = card_json();
+        let carded: EnsembleSpec = serde_json::from_value(card["trained"]["spec"].clone()).unwrap();
+        assert_eq!(carded, EnsembleSpec::load(a).unwrap());
+        let files = card["files"].as_array().unwrap();
+        assert!(files.iter().any(|f| f["name"] == "localiser.onnx"));
+        for f in files {
+            let name = f["name"].as_str().unwrap();
+            let bytes = std::fs::read(a.join(name)).unwrap();
+            use sha2::Digest;
+            assert_eq!(
+                hex::encode(sha2::Sha256::digest(&bytes)),
+                f["sha256"].as_str().unwrap(),
+                "{name} changed since the card was written"
+            );
+        }
+        assert_eq!(card["localiser"]["task_effect"], r["task_effect"]);
+    };
+    check_card(&md);
+    // The golden answer is the localiser path's: `tirp predict` with no ROI reproduces it.
+    let golden = tirp_firmware::bundle::check_golden(
+        &std::fs::read(a.join("golden.png")).unwrap(),
+        &std::fs::read(a.join("golden.json")).unwrap(),
+    )
+    .unwrap();
+    let o = tirp(&[
+        "--json",
+        "predict",
+        a.join("golden.png").to_str().unwrap(),
+        "--bundle",
+        a.to_str().unwrap(),
+    ]);
+    let p: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(p["roi_source"], "localiser");
+    assert!((p["probability"].as_f64().unwrap() - golden.probability).abs() <= golden.tolerance);
+
+    // --card-only: no training (the ONNX file is untouched), one section still.
+    let onnx = std::fs::read(a.join("localiser.onnx")).unwrap();
+    let again = run(&["--card-only"]);
+    assert_eq!(std::fs::read(a.join("localiser.onnx")).unwrap(), onnx);
+    assert_eq!(again["task_effect"], r["task_effect"]);
+    check_card(&std::fs::read_to_string(a.join("MODEL_CARD.md")).unwrap());
 }
 
 #[test]

@@ -3,13 +3,40 @@
 //! and the evaluation report `localiser.json`.
 
 use super::Output;
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::path::PathBuf;
+use tirp_firmware::engine::{Engine, EngineOptions};
 use tirp_firmware::ensemble::{EnsembleSpec, LocaliserSpec};
+use tirp_host::modelcard;
 use tirp_models::localiser::{self, LocEvent, LocaliserTrainConfig, RunEvent};
-use tirp_models::table::LabelTable;
+use tirp_models::table::{LabelTable, Split};
+
+/// The localiser's time per study (both passes) on the bundle's golden radiograph: one
+/// thread, a warm-up run then 30 timed.
+fn localise_latency(engine: &Engine, dir: &std::path::Path) -> Result<serde_json::Value> {
+    let path = dir.join(super::train::GOLDEN_INPUT);
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let image = tirp_firmware::radiograph::decode(&bytes)
+        .with_context(|| format!("decoding {}", path.display()))?
+        .image;
+    engine.localise(&image)?;
+    let mut ms: Vec<f64> = (0..30)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            engine
+                .localise(&image)
+                .map(|_| t.elapsed().as_secs_f64() * 1e3)
+        })
+        .collect::<Result<_, _>>()?;
+    ms.sort_by(f64::total_cmp);
+    Ok(serde_json::json!({
+        "runs": ms.len(),
+        "p50": ms[ms.len() / 2],
+        "p95": ms[(ms.len() * 95 / 100).min(ms.len() - 1)],
+    }))
+}
 
 #[derive(Args)]
 pub struct TrainLocaliserArgs {
@@ -31,6 +58,14 @@ pub struct TrainLocaliserArgs {
     /// Peak learning rate (AdamW, warm-up then cosine).
     #[arg(long, default_value_t = LocaliserTrainConfig::default().lr)]
     lr: f64,
+    /// Do not train: take the bundle's localiser and its localiser.json as they are and run
+    /// the golden, task-effect, latency and model-card steps only.
+    #[arg(long, conflicts_with = "no_card")]
+    card_only: bool,
+    /// Skip the task-effect evaluation (engine AUC with automatic vs recorded boxes on the
+    /// internal test and external splits) and the model-card update.
+    #[arg(long)]
+    no_card: bool,
     /// The zoom pass's window, as a multiple of the first box's longer side (0: no zoom pass).
     #[arg(long, default_value_t = LocaliserTrainConfig::default().zoom.unwrap_or(0.0))]
     zoom: f32,
@@ -57,103 +92,153 @@ pub fn run(args: TrainLocaliserArgs, out: &Output) -> Result<()> {
     let mut spec = EnsembleSpec::load(&args.bundle)
         .with_context(|| format!("reading the bundle spec in {}", args.bundle.display()))?;
     let table = LabelTable::load(&args.labels)?;
-    let mut cfg = LocaliserTrainConfig {
-        seed: args.seed,
-        epochs: args.epochs,
-        batch_size: args.batch,
-        lr: args.lr,
-        zoom: (args.zoom > 0.0).then_some(args.zoom),
-        ..Default::default()
-    };
-    if !args.zoom.is_finite() || args.zoom < 0.0 || (args.zoom > 0.0 && args.zoom < 1.5) {
-        anyhow::bail!("--zoom must be 0 (off) or at least 1.5, got {}", args.zoom);
-    }
-    cfg.net.input_size = args.size;
-
     let bars = MultiProgress::new();
     let stage = bars.add(ProgressBar::new_spinner());
     stage.set_style(style("{spinner} {elapsed_precise} {msg}"));
     stage.enable_steady_tick(std::time::Duration::from_millis(200));
-    let mut current: Option<ProgressBar> = None;
-    let report = localiser::train_into(
-        &table,
-        &args.bundle,
-        spec.preprocess.low_percentile,
-        spec.preprocess.high_percentile,
-        &cfg,
-        &mut |e| match e {
-            RunEvent::Stage(s) => {
-                if bars.is_hidden() {
-                    eprintln!("{s}");
+    let report: localiser::LocaliserReport = if args.card_only {
+        // The localiser already in the bundle: its training report, for the card steps.
+        ensure!(
+            spec.localiser.is_some(),
+            "--card-only: {} has no localiser in its spec",
+            args.bundle.display()
+        );
+        let path = args.bundle.join(localiser::REPORT_FILE);
+        serde_json::from_slice(
+            &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+        )
+        .with_context(|| format!("{}: not a localiser report", path.display()))?
+    } else {
+        let mut cfg = LocaliserTrainConfig {
+            seed: args.seed,
+            epochs: args.epochs,
+            batch_size: args.batch,
+            lr: args.lr,
+            zoom: (args.zoom > 0.0).then_some(args.zoom),
+            ..Default::default()
+        };
+        if !args.zoom.is_finite() || args.zoom < 0.0 || (args.zoom > 0.0 && args.zoom < 1.5) {
+            anyhow::bail!("--zoom must be 0 (off) or at least 1.5, got {}", args.zoom);
+        }
+        cfg.net.input_size = args.size;
+
+        let mut current: Option<ProgressBar> = None;
+        let report = localiser::train_into(
+            &table,
+            &args.bundle,
+            spec.preprocess.low_percentile,
+            spec.preprocess.high_percentile,
+            &cfg,
+            &mut |e| match e {
+                RunEvent::Stage(s) => {
+                    if bars.is_hidden() {
+                        eprintln!("{s}");
+                    }
+                    stage.set_message(s.to_owned());
+                    if let Some(b) = current.take() {
+                        b.finish_and_clear();
+                    }
                 }
-                stage.set_message(s.to_owned());
-                if let Some(b) = current.take() {
-                    b.finish_and_clear();
+                RunEvent::Letterbox { done, total } => {
+                    let b = current.get_or_insert_with(|| {
+                        let b = bars.add(ProgressBar::new(total as u64));
+                        b.set_style(style(
+                            "  letterbox [{bar:30}] {pos}/{len} {elapsed_precise}",
+                        ));
+                        b
+                    });
+                    b.set_position(done as u64);
                 }
-            }
-            RunEvent::Letterbox { done, total } => {
-                let b = current.get_or_insert_with(|| {
-                    let b = bars.add(ProgressBar::new(total as u64));
-                    b.set_style(style(
-                        "  letterbox [{bar:30}] {pos}/{len} {elapsed_precise}",
-                    ));
-                    b
-                });
-                b.set_position(done as u64);
-            }
-            RunEvent::Train(LocEvent::Step {
-                epoch,
-                step,
-                steps,
-                loss,
-            }) => {
-                let b = current.get_or_insert_with(|| {
-                    let b = bars.add(ProgressBar::new(steps as u64));
-                    b.set_style(style(
-                        "  {prefix} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta} {msg}",
-                    ));
-                    b
-                });
-                b.set_length(steps as u64);
-                b.set_position(step as u64 + 1);
-                b.set_prefix(format!("localiser epoch {}", epoch + 1));
-                b.set_message(format!("loss {loss:.3}"));
-            }
-            RunEvent::Train(LocEvent::Epoch(s)) => say(
-                &bars,
-                format!(
-                    "  localiser epoch {}: train loss {:.4} (focal {:.4}, offset {:.4}, log-size {:.4}), val recall@0.5 {:.4}, val mean IoU {:.4}, {:.0} s ({:.2} s/step)",
-                    s.epoch + 1,
-                    s.train_loss,
-                    s.train_focal,
-                    s.train_offset,
-                    s.train_size,
-                    s.val_recall50,
-                    s.val_mean_iou,
-                    s.seconds,
-                    s.seconds_per_step
+                RunEvent::Train(LocEvent::Step {
+                    epoch,
+                    step,
+                    steps,
+                    loss,
+                }) => {
+                    let b = current.get_or_insert_with(|| {
+                        let b = bars.add(ProgressBar::new(steps as u64));
+                        b.set_style(style(
+                            "  {prefix} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta} {msg}",
+                        ));
+                        b
+                    });
+                    b.set_length(steps as u64);
+                    b.set_position(step as u64 + 1);
+                    b.set_prefix(format!("localiser epoch {}", epoch + 1));
+                    b.set_message(format!("loss {loss:.3}"));
+                }
+                RunEvent::Train(LocEvent::Epoch(s)) => say(
+                    &bars,
+                    format!(
+                        "  localiser epoch {}: train loss {:.4} (focal {:.4}, offset {:.4}, log-size {:.4}), val recall@0.5 {:.4}, val mean IoU {:.4}, {:.0} s ({:.2} s/step)",
+                        s.epoch + 1,
+                        s.train_loss,
+                        s.train_focal,
+                        s.train_offset,
+                        s.train_size,
+                        s.val_recall50,
+                        s.val_mean_iou,
+                        s.seconds,
+                        s.seconds_per_step
+                    ),
                 ),
-            ),
-        },
-    )?;
-    if let Some(b) = current.take() {
-        b.finish_and_clear();
+            },
+        )?;
+        if let Some(b) = current.take() {
+            b.finish_and_clear();
+        }
+        spec.localiser = Some(LocaliserSpec {
+            file: report.file.clone(),
+            input_size: report.input_size as u32,
+            mean: report.mean,
+            std: report.std,
+            min_confidence: report.min_confidence,
+            zoom: report.zoom,
+        });
+        spec.save(&args.bundle)
+            .with_context(|| format!("writing the spec in {}", args.bundle.display()))?;
+        report
+    };
+    let mut value = serde_json::to_value(&report)?;
+    let card = args.bundle.join(modelcard::CARD_JSON);
+    if !args.no_card && card.is_file() {
+        // The bundle now localises: its golden answer is the localiser path's, and the card
+        // gets the task-effect and latency figures.
+        stage.set_message("golden pair through the localiser");
+        super::train::write_golden(&table, &args.bundle)?;
+        let engine = Engine::load(
+            &args.bundle,
+            &EngineOptions {
+                threads: 1,
+                ..Default::default()
+            },
+        )?;
+        value["latency_ms"] = localise_latency(&engine, &args.bundle)?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .build()
+            .context("starting the worker threads")?;
+        let mut effect = serde_json::Map::new();
+        for (name, split) in [
+            ("internal test", Split::Test),
+            ("external", Split::External),
+        ] {
+            let records = table.split(split);
+            let mut e = super::predict::localiser_effect(&engine, &pool, &records, name)?;
+            // The card keeps counts, not the list of study keys.
+            if let Some(o) = e.as_object_mut() {
+                o.remove("review");
+            }
+            effect.insert(name.to_owned(), e);
+        }
+        value["task_effect"] = serde_json::Value::Object(effect);
+    }
+    let report_path = args.bundle.join(localiser::REPORT_FILE);
+    std::fs::write(&report_path, serde_json::to_vec_pretty(&value)?)
+        .with_context(|| format!("writing {}", report_path.display()))?;
+    if !args.no_card && card.is_file() {
+        modelcard::add_localiser(&args.bundle, &value)?;
     }
     stage.finish_and_clear();
-    spec.localiser = Some(LocaliserSpec {
-        file: report.file.clone(),
-        input_size: report.input_size as u32,
-        mean: report.mean,
-        std: report.std,
-        min_confidence: report.min_confidence,
-        zoom: report.zoom,
-    });
-    spec.save(&args.bundle)
-        .with_context(|| format!("writing the spec in {}", args.bundle.display()))?;
-    let report_path = args.bundle.join(localiser::REPORT_FILE);
-    std::fs::write(&report_path, serde_json::to_vec_pretty(&report)?)
-        .with_context(|| format!("writing {}", report_path.display()))?;
-    let value = serde_json::to_value(&report)?;
     out.emit(&value, || {
         let line = |name: &str, r: &localiser::SplitReport| {
             format!(
@@ -164,8 +249,25 @@ pub fn run(args: TrainLocaliserArgs, out: &Output) -> Result<()> {
                 100.0 * r.below_min_confidence
             )
         };
+        let mut effect = String::new();
+        if let Some(t) = value["task_effect"].as_object() {
+            for (name, e) in t {
+                effect += &format!(
+                    "{name:>14}: ensemble AUC automatic boxes {:.3}, recorded {:.3} (Δ {:+.4}); {} of {} to review\n",
+                    e["ensemble_auc_automatic_boxes"]["auc"].as_f64().unwrap_or(f64::NAN),
+                    e["ensemble_auc_recorded_boxes"]["auc"].as_f64().unwrap_or(f64::NAN),
+                    e["ensemble_auc_delta"].as_f64().unwrap_or(f64::NAN),
+                    e["n_review"],
+                    e["n_studies"],
+                );
+            }
+            effect += &format!(
+                "localiser latency p50 {:.1} ms; model card updated\n",
+                value["latency_ms"]["p50"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
         format!(
-            "localiser written to {} ({} params, {} bytes, {:.1} min training, best epoch {}, min confidence {:.3}, tract parity {:.1e}); report {}\n{}{}{}",
+            "localiser written to {} ({} params, {} bytes, {:.1} min training, best epoch {}, min confidence {:.3}, tract parity {:.1e}); report {}\n{}{}{}\n",
             args.bundle.join(&report.file).display(),
             report.params,
             report.bytes,
@@ -177,7 +279,7 @@ pub fn run(args: TrainLocaliserArgs, out: &Output) -> Result<()> {
             line("validation", &report.validation),
             line("internal test", &report.internal_test),
             line("external", &report.external),
-        )
+        ) + &effect
     });
     Ok(())
 }

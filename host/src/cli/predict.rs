@@ -413,26 +413,19 @@ pub fn run_eval(args: EvalArgs, out: &Output) -> Result<()> {
     let all_preds = score_records(&engine, &pool, &records, !auto, "scoring")?;
     let n_all = all_preds.len();
 
-    // What the localiser did, against the table's boxes where it has them.
-    let mut ious: Vec<f64> = Vec::new();
     let mut sources = std::collections::BTreeMap::<String, usize>::new();
-    let mut review_keys = Vec::new();
-    for (r, p) in records.iter().zip(&all_preds) {
+    for p in &all_preds {
         let src = serde_json::to_value(p.roi_source)?;
         *sources
             .entry(src.as_str().unwrap_or("?").to_owned())
             .or_default() += 1;
-        if let (Some(l), Some(rec)) = (&p.localiser, r.roi) {
-            ious.push(tirp_firmware::localise::iou(l.roi, rec) as f64);
-        }
-        if p.review {
-            review_keys.push(study_key(&r.path));
-        }
     }
+    let any_localiser = all_preds.iter().any(|p| p.localiser.is_some());
+    let all_records = records.clone();
     // "No lesion localised" studies have no score: left out of the predictions and the AUC.
     let (records, preds): (Vec<_>, Vec<Prediction>) = records
         .into_iter()
-        .zip(all_preds)
+        .zip(all_preds.iter().cloned())
         .filter(|(_, p)| !p.review)
         .unzip();
     // With automatic boxes, the same studies again with the recorded ones, for the delta.
@@ -520,32 +513,8 @@ pub fn run_eval(args: EvalArgs, out: &Output) -> Result<()> {
         "ensemble".into(),
         auc_of(preds.iter().map(|p| p.probability as f64).collect()),
     );
-    let localiser = if auto || !ious.is_empty() || !review_keys.is_empty() {
-        let recorded_auc = recorded_preds
-            .as_ref()
-            .map(|r| auc_of(r.iter().map(|p| p.probability as f64).collect()));
-        let delta = match (&recorded_auc, aucs["ensemble"]["auc"].as_f64()) {
-            (Some(r), Some(a)) => r["auc"].as_f64().map(|r| a - r),
-            _ => None,
-        };
-        let mut sorted = ious.clone();
-        sorted.sort_by(f64::total_cmp);
-        let hits = ious.iter().filter(|&&v| v >= 0.5).count();
-        Some(json!({
-            "n_review": review_keys.len(),
-            "review": review_keys,
-            "iou_with_recorded": {
-                "n": ious.len(),
-                "mean": (!ious.is_empty()).then(|| ious.iter().sum::<f64>() / ious.len() as f64),
-                "median": (!sorted.is_empty()).then(|| percentile(&sorted, 0.5)),
-                "fraction_ge_0_5": frac_opt(hits, ious.len()),
-            },
-            "ensemble_auc_recorded_boxes": recorded_auc,
-            "ensemble_auc_delta": delta,
-        }))
-    } else {
-        None
-    };
+    let localiser = (auto || any_localiser)
+        .then(|| localiser_summary(&all_records, &all_preds, recorded_preds.as_deref()));
     for (i, m) in spec.members.iter().enumerate() {
         aucs.insert(
             m.name.clone(),
@@ -664,13 +633,111 @@ pub fn run_eval(args: EvalArgs, out: &Output) -> Result<()> {
     Ok(())
 }
 
+/// What the localiser did on `records` (`preds`, one per record, automatic boxes): review
+/// count and keys, IoU with the table's boxes where it has them, and — given `recorded`, the
+/// predictions with the recorded boxes on the localised (non-review) records in order — the
+/// ensemble AUC with both and their difference (automatic − recorded) on those records.
+pub(crate) fn localiser_summary(
+    records: &[&tirp_models::table::Record],
+    preds: &[Prediction],
+    recorded: Option<&[Prediction]>,
+) -> Value {
+    let mut ious: Vec<f64> = Vec::new();
+    let mut review_keys = Vec::new();
+    for (r, p) in records.iter().zip(preds) {
+        if let (Some(l), Some(rec)) = (&p.localiser, r.roi) {
+            ious.push(tirp_firmware::localise::iou(l.roi, rec) as f64);
+        }
+        if p.review {
+            review_keys.push(study_key(&r.path));
+        }
+    }
+    let (kept, auto): (Vec<&tirp_models::table::Record>, Vec<f64>) = records
+        .iter()
+        .zip(preds)
+        .filter(|(_, p)| !p.review)
+        .map(|(r, p)| (*r, p.probability as f64))
+        .unzip();
+    let truth: Vec<bool> = kept
+        .iter()
+        .map(|r| r.label == tirp_firmware::clinical::Label::Pbt)
+        .collect();
+    let auc_of = |scores: &[f64]| -> Value {
+        match roc::auc_delong_ci(scores, &truth, 0.95) {
+            Ok(ci) => json!({"auc": ci.auc, "ci_low": ci.low, "ci_high": ci.high}),
+            Err(e) => json!({"auc": null, "why": e.to_string()}),
+        }
+    };
+    let auto_auc = auc_of(&auto);
+    let recorded_auc = recorded.map(|r| {
+        assert_eq!(
+            r.len(),
+            kept.len(),
+            "recorded predictions for the localised records"
+        );
+        auc_of(&r.iter().map(|p| p.probability as f64).collect::<Vec<_>>())
+    });
+    let delta = match (&recorded_auc, auto_auc["auc"].as_f64()) {
+        (Some(r), Some(a)) => r["auc"].as_f64().map(|r| a - r),
+        _ => None,
+    };
+    let mut sorted = ious.clone();
+    sorted.sort_by(f64::total_cmp);
+    let hits = ious.iter().filter(|&&v| v >= 0.5).count();
+    json!({
+        "n_studies": records.len(),
+        "n_review": review_keys.len(),
+        "review": review_keys,
+        "iou_with_recorded": {
+            "n": ious.len(),
+            "mean": (!ious.is_empty()).then(|| ious.iter().sum::<f64>() / ious.len() as f64),
+            "median": (!sorted.is_empty()).then(|| percentile(&sorted, 0.5)),
+            "fraction_ge_0_5": frac_opt(hits, ious.len()),
+        },
+        "ensemble_auc_automatic_boxes": auto_auc,
+        "ensemble_auc_recorded_boxes": recorded_auc,
+        "ensemble_auc_delta": delta,
+    })
+}
+
+/// The localiser's effect on the task over `records`: every record with automatic boxes,
+/// then the localised ones with the recorded boxes; see [`localiser_summary`].
+pub(crate) fn localiser_effect(
+    engine: &Engine,
+    pool: &rayon::ThreadPool,
+    records: &[&tirp_models::table::Record],
+    what: &str,
+) -> Result<Value> {
+    let auto = score_records(
+        engine,
+        pool,
+        records,
+        false,
+        &format!("{what}: automatic boxes"),
+    )?;
+    let localised: Vec<&tirp_models::table::Record> = records
+        .iter()
+        .zip(&auto)
+        .filter(|(_, p)| !p.review)
+        .map(|(r, _)| *r)
+        .collect();
+    let recorded = score_records(
+        engine,
+        pool,
+        &localised,
+        true,
+        &format!("{what}: recorded boxes"),
+    )?;
+    Ok(localiser_summary(records, &auto, Some(&recorded)))
+}
+
 fn frac_opt(k: usize, d: usize) -> Option<f64> {
     (d > 0).then(|| k as f64 / d as f64)
 }
 
 /// Predictions for `records` in parallel on `pool` (each with sequential members), with the
 /// table's boxes (`recorded`) or none (the engine's localiser, else the whole image).
-fn score_records(
+pub(crate) fn score_records(
     engine: &Engine,
     pool: &rayon::ThreadPool,
     records: &[&tirp_models::table::Record],

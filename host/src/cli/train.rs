@@ -94,7 +94,7 @@ fn say(bars: &MultiProgress, line: String) {
 /// The health check's golden pair: a validation radiograph stored MONOCHROME2 (copied as
 /// is) and the engine's answer on it (whole image, clinical inputs missing), so a box can
 /// check after activation that it computes what the training machine computed.
-fn write_golden(table: &LabelTable, dir: &Path) -> Result<()> {
+pub(crate) fn write_golden(table: &LabelTable, dir: &Path) -> Result<()> {
     let record = table
         .split(Split::Validation)
         .into_iter()
