@@ -1,7 +1,8 @@
 //! The golden-inference health check: after activation (and at every start of a good slot)
 //! the daemon loads the slot's bundle into the engine, predicts its golden input exactly as
-//! `tirp train` did when it wrote the golden output (whole image, no clinical inputs,
-//! Grad-CAM), and marks the slot good only when the answer matches.
+//! `tirp train` (or `tirp train-localiser`) did when it wrote the golden output (no ROI given:
+//! the bundle's localiser finds it, else the whole image; no clinical inputs; Grad-CAM), and
+//! marks the slot good only when the answer matches.
 //!
 //! A bundle the engine cannot run is never marked good by this check: no golden pair (the
 //! manifest format already refuses such bundles at build and install; this is the last

@@ -69,6 +69,18 @@ fn output_names(model: &InferenceModel) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Which of a graph's outputs a plan returns.
+#[derive(Debug, Clone, Copy)]
+pub enum Outputs<'a> {
+    /// `required` (all must exist) then those of `optional` that exist, in that order.
+    Named {
+        required: &'a [&'a str],
+        optional: &'a [&'a str],
+    },
+    /// Every declared output, in graph order.
+    All,
+}
+
 impl Plan {
     /// Loads `path`, whose single f32 input has shape `[N, rest…]`, selecting the outputs
     /// `required` (all must exist) then those of `optional` that exist.
@@ -92,30 +104,65 @@ impl Plan {
         let model = tract_onnx::onnx()
             .model_for_path(path)
             .map_err(tract_err(&file, "parsing ONNX"))?;
+        Plan::build(model, file, rest, Outputs::Named { required, optional }, gpu)
+    }
+
+    /// Loads an ONNX graph held in memory (named `file` in errors), on the CPU: the same
+    /// plan the engine runs, for checking an export before it is written into a bundle.
+    pub fn from_bytes(
+        bytes: &[u8],
+        file: &str,
+        rest: &[usize],
+        outputs: Outputs,
+    ) -> Result<Plan, EngineError> {
+        let model = tract_onnx::onnx()
+            .model_for_read(&mut &bytes[..])
+            .map_err(tract_err(file, "parsing ONNX"))?;
+        Plan::build(model, file.to_owned(), rest, outputs, false)
+    }
+
+    fn build(
+        model: InferenceModel,
+        file: String,
+        rest: &[usize],
+        select: Outputs,
+        gpu: bool,
+    ) -> Result<Plan, EngineError> {
         let declared = output_names(&model);
-        for r in required {
-            if !declared.iter().any(|d| d == r) {
-                return Err(EngineError::Model {
-                    file,
-                    message: format!("no output `{r}` (the graph's outputs: {declared:?})"),
-                });
+        let outputs: Vec<String> = match select {
+            Outputs::All => declared.clone(),
+            Outputs::Named { required, optional } => {
+                for r in required {
+                    if !declared.iter().any(|d| d == r) {
+                        return Err(EngineError::Model {
+                            file,
+                            message: format!(
+                                "no output `{r}` (the graph's outputs: {declared:?})"
+                            ),
+                        });
+                    }
+                }
+                let mut outputs: Vec<String> = required.iter().map(|s| s.to_string()).collect();
+                outputs.extend(
+                    optional
+                        .iter()
+                        .filter(|o| declared.iter().any(|d| d == *o))
+                        .map(|s| s.to_string()),
+                );
+                outputs
             }
-        }
-        let mut outputs: Vec<String> = required.iter().map(|s| s.to_string()).collect();
-        outputs.extend(
-            optional
-                .iter()
-                .filter(|o| declared.iter().any(|d| d == *o))
-                .map(|s| s.to_string()),
-        );
+        };
         let batch = model.sym("N");
         let mut shape: TVec<TDim> = tvec![batch.to_dim()];
         shape.extend(rest.iter().map(|&d| d.to_dim()));
-        let model = model
-            .with_outputs_by_name(&outputs)
-            .map_err(tract_err(&file, "selecting outputs"))?
-            .with_input_fact(0, f32::fact(shape).into())
-            .map_err(tract_err(&file, "setting the input shape"))?;
+        let model = match select {
+            Outputs::All => model,
+            Outputs::Named { .. } => model
+                .with_outputs_by_name(&outputs)
+                .map_err(tract_err(&file, "selecting outputs"))?,
+        }
+        .with_input_fact(0, f32::fact(shape).into())
+        .map_err(tract_err(&file, "setting the input shape"))?;
         let (runnable, backend) = prepare(model, gpu, &file)?;
         Ok(Plan {
             runnable,

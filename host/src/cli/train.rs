@@ -92,7 +92,8 @@ fn say(bars: &MultiProgress, line: String) {
 }
 
 /// The health check's golden pair: a validation radiograph stored MONOCHROME2 (copied as
-/// is) and the engine's answer on it (whole image, clinical inputs missing), so a box can
+/// is) and the engine's answer on it (no ROI given: the bundle's localiser when it has one,
+/// else the whole image; clinical inputs missing), so a box can
 /// check after activation that it computes what the training machine computed.
 pub(crate) fn write_golden(table: &LabelTable, dir: &Path) -> Result<()> {
     let record = table

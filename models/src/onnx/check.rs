@@ -1,9 +1,8 @@
-//! Runs an exported member (or a tabular model) in tract, the engine the box uses, so that
-//! export parity (burn eval forward or the Rust model vs tract on the written file) is
-//! checked against the real runtime.
+//! Runs an exported member (or a tabular model) in tract through the engine's own loader
+//! (`tirp_firmware::engine::Plan`), so export parity (burn eval forward or the Rust model vs
+//! tract on the written file) is checked against exactly what the box runs.
 
-use std::sync::Arc;
-use tract_onnx::prelude::*;
+use tirp_firmware::engine::{Outputs, Plan};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
@@ -21,7 +20,7 @@ fn tract_err(e: impl std::fmt::Display) -> CheckError {
 
 /// A member's ONNX file loaded and optimised by tract (batch dimension left symbolic).
 pub struct TractMember {
-    plan: Arc<TypedRunnableModel>,
+    plan: Plan,
     size: usize,
 }
 
@@ -32,21 +31,11 @@ pub struct TractOutput {
     pub cam: Vec<f32>,
 }
 
-/// Loads and optimises a model with its batch dimension left symbolic.
-fn plan(bytes: &[u8]) -> Result<Arc<TypedRunnableModel>, CheckError> {
-    tract_onnx::onnx()
-        .model_for_read(&mut &bytes[..])
-        .map_err(tract_err)?
-        .into_optimized()
-        .map_err(tract_err)?
-        .into_runnable()
-        .map_err(tract_err)
-}
-
 impl TractMember {
     pub fn load(bytes: &[u8], size: usize) -> Result<Self, CheckError> {
         Ok(TractMember {
-            plan: plan(bytes)?,
+            plan: Plan::from_bytes(bytes, "exported graph", &[1, size, size], Outputs::All)
+                .map_err(tract_err)?,
             size,
         })
     }
@@ -57,51 +46,39 @@ impl TractMember {
         if x.len() != n * s * s {
             return Err(CheckError::Input { got: x.len(), n, s });
         }
-        let input = Tensor::from_shape(&[n, 1, s, s], x).map_err(tract_err)?;
-        let out = self.plan.run(tvec!(input.into())).map_err(tract_err)?;
-        out.iter()
-            .map(|t| {
-                Ok(t.to_plain_array_view::<f32>()
-                    .map_err(tract_err)?
-                    .iter()
-                    .copied()
-                    .collect())
-            })
-            .collect()
+        Ok(self
+            .plan
+            .run(x, n, &[1, s, s])
+            .map_err(tract_err)?
+            .into_iter()
+            .map(|o| o.values)
+            .collect())
     }
 
     pub fn run(&self, x: &[f32], n: usize) -> Result<TractOutput, CheckError> {
-        let s = self.size;
-        if x.len() != n * s * s {
-            return Err(CheckError::Input { got: x.len(), n, s });
-        }
-        let input = Tensor::from_shape(&[n, 1, s, s], x).map_err(tract_err)?;
-        let out = self.plan.run(tvec!(input.into())).map_err(tract_err)?;
-        let flat = |i: usize| -> Result<Vec<f32>, CheckError> {
-            Ok(out[i]
-                .to_plain_array_view::<f32>()
-                .map_err(tract_err)?
-                .iter()
-                .copied()
-                .collect())
+        let mut out = self.run_all(x, n)?.into_iter();
+        let mut next = || {
+            out.next()
+                .ok_or_else(|| CheckError::Tract("the graph has fewer than two outputs".into()))
         };
         Ok(TractOutput {
-            logits: flat(0)?,
-            cam: flat(1)?,
+            logits: next()?,
+            cam: next()?,
         })
     }
 }
 
 /// A tabular model (`[N, cols]` → first output) loaded and optimised by tract.
 pub struct TractRows {
-    plan: Arc<TypedRunnableModel>,
+    plan: Plan,
     cols: usize,
 }
 
 impl TractRows {
     pub fn load(bytes: &[u8], cols: usize) -> Result<Self, CheckError> {
         Ok(TractRows {
-            plan: plan(bytes)?,
+            plan: Plan::from_bytes(bytes, "exported table model", &[cols], Outputs::All)
+                .map_err(tract_err)?,
             cols,
         })
     }
@@ -116,13 +93,10 @@ impl TractRows {
                 cols,
             });
         }
-        let input = Tensor::from_shape(&[n, cols], x).map_err(tract_err)?;
-        let out = self.plan.run(tvec!(input.into())).map_err(tract_err)?;
-        Ok(out[0]
-            .to_plain_array_view::<f32>()
-            .map_err(tract_err)?
-            .iter()
-            .copied()
-            .collect())
+        let out = self.plan.run(x, n, &[cols]).map_err(tract_err)?;
+        out.into_iter()
+            .next()
+            .map(|o| o.values)
+            .ok_or_else(|| CheckError::Tract("the graph has no output".into()))
     }
 }
