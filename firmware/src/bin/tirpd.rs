@@ -36,6 +36,67 @@ mod imp {
     use tirp_firmware::health::GoldenInferenceCheck;
     use tirp_firmware::provision::{Device, DeviceConfig};
     use tirp_firmware::slots::{AllChecks, FileIntegrityCheck, HealthCheck};
+    use tracing::{error, info, warn};
+    use tracing_subscriber::EnvFilter;
+
+    /// How tirpd writes its log to stderr.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub(crate) enum LogFormat {
+        /// One line per event: time, level, target, message, `key=value` fields.
+        Text,
+        /// One JSON object per line (`timestamp`, `level`, `target`, `fields`), for journald
+        /// and log shippers.
+        Json,
+    }
+
+    /// The filter from `RUST_LOG` (unset or empty: `info`); a malformed value is an error
+    /// rather than a silently different log.
+    pub(crate) fn log_filter(rust_log: Option<&str>) -> Result<EnvFilter> {
+        match rust_log.map(str::trim) {
+            None | Some("") => Ok(EnvFilter::new("info")),
+            Some(v) => EnvFilter::try_new(v).map_err(|e| anyhow::anyhow!("RUST_LOG={v:?}: {e}")),
+        }
+    }
+
+    /// tirpd's subscriber: events at or above `filter`, as `format`, to `writer`.
+    pub(crate) fn log_subscriber<W>(
+        format: LogFormat,
+        filter: EnvFilter,
+        writer: W,
+        ansi: bool,
+    ) -> Box<dyn tracing::Subscriber + Send + Sync>
+    where
+        W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+    {
+        let b = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(writer);
+        match format {
+            LogFormat::Text => Box::new(b.with_ansi(ansi).finish()),
+            LogFormat::Json => Box::new(
+                b.json()
+                    .with_current_span(false)
+                    .with_span_list(false)
+                    .finish(),
+            ),
+        }
+    }
+
+    /// Installs the log subscriber (stderr; colours only on a terminal). The global default
+    /// only: records of the `log` crate (tract) are not bridged.
+    fn init_logs(format: LogFormat) -> Result<()> {
+        use std::io::IsTerminal;
+        let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref())?;
+        let ansi = std::io::stderr().is_terminal();
+        tracing::subscriber::set_global_default(log_subscriber(
+            format,
+            filter,
+            std::io::stderr,
+            ansi,
+        ))
+        .context("install the log subscriber")
+    }
 
     /// What must pass before an activated bundle is marked good.
     #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -116,10 +177,13 @@ mod imp {
         /// (calling AE TIRPDEMO) once it is up.
         #[arg(long)]
         demo: Option<PathBuf>,
+        /// Log format on stderr (default: text). RUST_LOG filters (default: info).
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
     }
 
     /// The settings file: the same settings as the options.
-    #[derive(Default, serde::Deserialize)]
+    #[derive(Debug, Default, serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct FileConfig {
         data_dir: Option<PathBuf>,
@@ -140,6 +204,7 @@ mod imp {
         bundle: Option<PathBuf>,
         hot_folder: Option<PathBuf>,
         min_free_mb: Option<u64>,
+        log_format: Option<LogFormat>,
     }
 
     const DEMO_AE: &str = "TIRPDEMO";
@@ -177,6 +242,11 @@ mod imp {
             .with_context(|| format!("settings file {}", p.display()))?,
             None => FileConfig::default(),
         };
+        init_logs(
+            args.log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Text),
+        )?;
         let health_check = match (args.health_check, file.health_check.as_deref()) {
             (Some(h), _) => h,
             (None, None | Some("golden")) => HealthMode::Golden,
@@ -201,7 +271,7 @@ mod imp {
             let id = hex::encode(tirp_firmware::bundle::key_id(&key));
             std::fs::write(keyring_dir.join(format!("{id}.pem")), pem.trim())
                 .context("write keyring")?;
-            eprintln!("tirpd: trusting key {id}");
+            info!(key = %id, "trusting key");
         }
         let mut cfg = DeviceConfig::new(&data_dir, &board.id);
         cfg.max_trial_boots = args.max_trial_boots.or(file.max_trial_boots).unwrap_or(3);
@@ -210,9 +280,9 @@ mod imp {
             HealthMode::Golden => checks.push(Arc::new(GoldenInferenceCheck::new(
                 EngineOptions::for_board(&board),
             ))),
-            HealthMode::Integrity => eprintln!(
-                "tirpd: warning: --health-check integrity: bundles are marked good without \
-                 the golden inference (development only)"
+            HealthMode::Integrity => warn!(
+                health_check = "integrity",
+                "bundles are marked good without the golden inference (development only)"
             ),
         }
         let device = Arc::new(
@@ -220,9 +290,9 @@ mod imp {
                 .with_context(|| format!("open data directory {}", data_dir.display()))?,
         );
         if tirp_firmware::bundle::Keyring::load_dir(&keyring_dir)?.is_empty() {
-            eprintln!(
-                "tirpd: warning: keyring {} is empty; every bundle will be refused (use --trust)",
-                keyring_dir.display()
+            warn!(
+                keyring = keyring_dir.display().to_string(),
+                "keyring is empty; every bundle will be refused (use --trust)"
             );
         }
         let stop = Arc::new(AtomicBool::new(false));
@@ -258,19 +328,28 @@ mod imp {
                 .spawn(
                     stop.clone(),
                     Arc::new(|ev| match ev {
-                        SendEvent::Sent { dest, name } => eprintln!("tirpd: sent {name} to {dest}"),
+                        // `name`: <study>-<sc|sr|csr>, the study's hashed id.
+                        SendEvent::Sent { dest, name } => {
+                            info!(dest = %dest, object = %name, "result sent")
+                        }
                         SendEvent::Retrying {
                             dest,
                             name,
                             error,
                             after,
-                        } => eprintln!(
-                            "tirpd: {name} to {dest}: {error}; retrying in {} s",
-                            after.as_secs()
+                        } => warn!(
+                            dest = %dest,
+                            object = %name,
+                            error = error.as_str(),
+                            retry_in_s = after.as_secs(),
+                            "result not sent; retrying"
                         ),
-                        SendEvent::Refused { dest, name, error } => {
-                            eprintln!("tirpd: {name} refused by {dest}: {error}; kept in failed/")
-                        }
+                        SendEvent::Refused { dest, name, error } => error!(
+                            dest = %dest,
+                            object = %name,
+                            error = error.as_str(),
+                            "result refused by the destination; kept in failed/"
+                        ),
                     }),
                 )
                 .into_iter()
@@ -364,7 +443,7 @@ mod imp {
             let st = station.clone();
             std::thread::spawn(move || {
                 if let Err(e) = st.load_engine() {
-                    eprintln!("tirpd: error: {e:#}");
+                    error!(error = format!("{e:#}"), "cannot load the engine");
                 }
             });
         }
@@ -398,9 +477,10 @@ mod imp {
         let _ = scp_stats.set(scp.stats_handle());
         let _ = dicom_label.set(format!("{ae_title}@{dicom_bound}"));
         threads.push(("dicom", scp.spawn(stop.clone())));
-        if let Some(dir) = args.hot_folder.take().or(file.hot_folder) {
+        let hot_folder = args.hot_folder.take().or(file.hot_folder);
+        if let Some(dir) = &hot_folder {
             let hf =
-                HotFolder::open(&dir).with_context(|| format!("hot folder {}", dir.display()))?;
+                HotFolder::open(dir).with_context(|| format!("hot folder {}", dir.display()))?;
             threads.push(("hot folder", hf.spawn(station.clone(), stop.clone())));
             println!("tirpd: hot folder {}", dir.display());
         }
@@ -452,10 +532,26 @@ mod imp {
             std::fs::write(&tmp, &value).with_context(|| format!("write {name}"))?;
             std::fs::rename(&tmp, data_dir.join(name)).with_context(|| format!("write {name}"))?;
         }
+        let serial_path = port.host_path.clone();
+        let serial_pty = port.is_pty;
         let serial = serial_service::spawn(device.clone(), port, path, baud, stop.clone());
-        println!(
-            "tirpd: ready in {:.0} ms",
-            started.elapsed().as_secs_f64() * 1e3
+        let ready_ms = (started.elapsed().as_secs_f64() * 1e3).round();
+        println!("tirpd: ready in {ready_ms:.0} ms");
+        // The banner's facts as one event (the dashboard URL without its token).
+        info!(
+            device = %device.device_id(),
+            board = %board.id,
+            version = env!("CARGO_PKG_VERSION"),
+            dicom = %format_args!("{ae_title}@{dicom_bound}"),
+            dashboard = %format_args!("http://{host}:{}/", http_bound.port()),
+            serial = %serial_path,
+            serial_pty,
+            active_slot = slots.active.map_or("none", |s| s.name()),
+            dests = (!dests.is_empty())
+                .then(|| dests.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",")),
+            hot_folder = hot_folder.as_ref().map(|d| d.display().to_string()),
+            ready_ms,
+            "tirpd ready"
         );
         if let Some(dir) = args.demo.take() {
             let target = Destination {
@@ -469,7 +565,7 @@ mod imp {
         stop.store(true, Ordering::Relaxed);
         for (name, h) in threads {
             if h.join().is_err() {
-                eprintln!("tirpd: the {name} thread panicked");
+                error!(thread = name, "thread panicked");
             }
         }
         match serial_result {
@@ -477,7 +573,7 @@ mod imp {
             Ok(Err(e)) => bail!("serial service: {e}"),
             Err(_) => bail!("serial service panicked"),
         }
-        eprintln!("tirpd: stopped");
+        info!("tirpd stopped");
         Ok(())
     }
 
@@ -486,7 +582,11 @@ mod imp {
         let files = match tirp_firmware::dicom::dicom_files(&[dir.to_owned()]) {
             Ok(f) => f,
             Err(e) => {
-                eprintln!("tirpd: demo: {}: {e}", dir.display());
+                error!(
+                    dir = dir.display().to_string(),
+                    error = e.to_string(),
+                    "demo: cannot list the files"
+                );
                 return;
             }
         };
@@ -497,8 +597,137 @@ mod imp {
         );
         for f in files {
             if let Err(e) = scu::store_file(DEMO_AE, target, &f, Duration::from_secs(30)) {
-                eprintln!("tirpd: demo: {}: {e}", f.display());
+                // Not the path: exported files are often named after the patient.
+                let error = match e {
+                    scu::ScuError::ReadFile { source, .. } => format!("cannot read: {source}"),
+                    scu::ScuError::InvalidFile { reason, .. } => reason,
+                    e => e.to_string(),
+                };
+                warn!(error = error.as_str(), "demo: a file was not sent");
             }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use std::sync::Mutex;
+
+        /// A writer for the subscriber that keeps what it gets.
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+
+        impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buf {
+            type Writer = Buf;
+            fn make_writer(&'a self) -> Buf {
+                self.clone()
+            }
+        }
+
+        /// What tirpd's subscriber writes for a few events.
+        fn logged(format: LogFormat, rust_log: Option<&str>, ansi: bool) -> String {
+            let buf = Buf::default();
+            let sub = log_subscriber(format, log_filter(rust_log).unwrap(), buf.clone(), ansi);
+            tracing::subscriber::with_default(sub, || {
+                info!(
+                    study = "ab12cd34",
+                    source = "dicom:DRSTATION",
+                    "study stored, queued"
+                );
+                warn!(status = %format_args!("{:#06x}", 0xA900u16), "dicom-scp: C-STORE refused");
+                tracing::debug!(detail = 1, "a debug event");
+            });
+            String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+        }
+
+        #[test]
+        fn json_is_one_object_per_line_with_fields() {
+            let out = logged(LogFormat::Json, None, false);
+            let lines: Vec<serde_json::Value> = out
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+                .collect();
+            assert_eq!(lines.len(), 2, "debug is filtered out by default: {out}");
+            let e = &lines[0];
+            assert!(e["timestamp"].is_string(), "{e}");
+            assert_eq!(e["level"], "INFO");
+            assert_eq!(e["target"], "tirpd::imp::tests");
+            assert_eq!(e["fields"]["message"], "study stored, queued");
+            assert_eq!(e["fields"]["study"], "ab12cd34");
+            assert_eq!(e["fields"]["source"], "dicom:DRSTATION");
+            assert_eq!(lines[1]["level"], "WARN");
+            assert_eq!(lines[1]["fields"]["status"], "0xa900");
+            assert!(e.get("span").is_none() && e.get("spans").is_none(), "{e}");
+        }
+
+        #[test]
+        fn text_has_level_message_and_key_values_without_colours_off_a_terminal() {
+            let out = logged(LogFormat::Text, None, false);
+            let lines: Vec<&str> = out.lines().collect();
+            assert_eq!(lines.len(), 2, "{out}");
+            assert!(
+                lines[0].contains(" INFO ")
+                    && lines[0].contains("study stored, queued")
+                    && lines[0].contains("study=\"ab12cd34\""),
+                "{out}"
+            );
+            assert!(
+                lines[1].contains(" WARN ") && lines[1].contains("status=0xa900"),
+                "{out}"
+            );
+            assert!(!out.contains('\x1b'), "ANSI escapes: {out:?}");
+            assert!(logged(LogFormat::Text, None, true).contains('\x1b'));
+        }
+
+        #[test]
+        fn rust_log_filters_and_a_malformed_one_is_refused() {
+            assert_eq!(logged(LogFormat::Json, Some(""), false).lines().count(), 2);
+            assert_eq!(
+                logged(LogFormat::Json, Some("warn"), false).lines().count(),
+                1
+            );
+            assert_eq!(
+                logged(LogFormat::Json, Some("debug"), false)
+                    .lines()
+                    .count(),
+                3
+            );
+            assert_eq!(
+                logged(LogFormat::Json, Some("info,tirpd=error"), false)
+                    .lines()
+                    .count(),
+                0
+            );
+            let e = log_filter(Some("tirpd=loudest")).unwrap_err();
+            assert!(e.to_string().contains("RUST_LOG"), "{e}");
+        }
+
+        #[test]
+        fn log_format_from_options_and_the_settings_file() {
+            let a = Args::try_parse_from(["tirpd", "--board", "b.toml", "--log-format", "json"])
+                .unwrap();
+            assert_eq!(a.log_format, Some(LogFormat::Json));
+            let a = Args::try_parse_from(["tirpd", "--board", "b.toml"]).unwrap();
+            assert_eq!(a.log_format, None);
+            assert!(
+                Args::try_parse_from(["tirpd", "--board", "b.toml", "--log-format", "xml"])
+                    .is_err()
+            );
+            let f: FileConfig = toml::from_str("log_format = \"json\"").unwrap();
+            assert_eq!(f.log_format, Some(LogFormat::Json));
+            let f: FileConfig = toml::from_str("log_format = \"text\"").unwrap();
+            assert_eq!(f.log_format, Some(LogFormat::Text));
+            assert!(toml::from_str::<FileConfig>("log_format = \"xml\"").is_err());
         }
     }
 }

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
+use tracing::{error, warn};
 
 /// How long a file's size and time must stay unchanged before it is taken.
 pub const STABLE_FOR: Duration = Duration::from_secs(1);
@@ -115,10 +116,19 @@ impl HotFolder {
                 )),
                 format!("{r}\n"),
             );
-            eprintln!("tirpd: hot folder: refused a file: {r}");
+            // Not the file's name: stations often name exports after the patient.
+            warn!(
+                source = "hotfolder",
+                reason = r.as_str(),
+                "hot folder: refused a file, moved to failed/"
+            );
         }
         if let Err(e) = std::fs::rename(path, &dest) {
-            eprintln!("tirpd: hot folder: cannot move a file to {sub}/: {e}");
+            error!(
+                dir = sub,
+                error = e.to_string(),
+                "hot folder: cannot move a file"
+            );
         }
     }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
+use tracing::warn;
 
 /// An opened link port.
 pub struct SerialPortHandle {
@@ -86,12 +87,22 @@ pub fn spawn(
                     }
                     Err(DeviceError::Crashed(k)) => return Err(DeviceError::Crashed(k)),
                     Err(e) => {
-                        eprintln!("tirpd: serial link: {e}; reopening");
+                        warn!(
+                            port = path.as_str(),
+                            error = e.to_string(),
+                            "serial link failed; reopening"
+                        );
                         std::thread::sleep(Duration::from_secs(1));
                         if !port.is_pty {
                             match open(&path, baud) {
                                 Ok(p) => port = p,
-                                Err(e) => eprintln!("tirpd: {e}"),
+                                Err(e) => {
+                                    warn!(
+                                        port = path.as_str(),
+                                        error = e.to_string(),
+                                        "cannot reopen the serial port"
+                                    )
+                                }
                             }
                         }
                     }

@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
+use tracing::{error, info, warn};
 
 #[derive(Debug, Clone)]
 pub struct StationConfig {
@@ -104,6 +105,11 @@ fn text(obj: &dicom_object::InMemDicomObject, tag: dicom_core::Tag) -> Option<St
         .filter(|s| !s.is_empty())
 }
 
+/// A score rounded to 3 decimals for the log (the dashboard and device log keep it whole).
+fn round3(x: f64) -> f64 {
+    (x * 1e3).round() / 1e3
+}
+
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -144,10 +150,18 @@ impl Station {
                     Ok(true) => {}
                     Ok(false) => {
                         if let Err(e) = station.device.log_entry(&entry) {
-                            eprintln!("tirpd: study {}: device log: {e}", tag(id));
+                            error!(
+                                study = tag(id),
+                                error = e.to_string(),
+                                "cannot write the device log"
+                            );
                         }
                     }
-                    Err(e) => eprintln!("tirpd: study {}: device log: {e}", tag(id)),
+                    Err(e) => error!(
+                        study = tag(id),
+                        error = e.to_string(),
+                        "cannot read the device log"
+                    ),
                 }
             }
         }
@@ -227,12 +241,13 @@ impl Station {
             .with_context(|| format!("load bundle {}", dir.display()))?;
         let bundle_sha256 = bundle_digest(&engine);
         let bundle_id = format!("{}-{}", engine.spec().name, engine.spec().version);
-        eprintln!(
-            "tirpd: engine {bundle_id} ({}) from {} on {} in {:.0} ms",
-            slot.as_deref().unwrap_or("default bundle"),
-            dir.display(),
-            engine.backend(),
-            engine.load_ms()
+        info!(
+            bundle = %bundle_id,
+            slot = slot.as_deref().unwrap_or("default bundle"),
+            dir = dir.display().to_string(),
+            backend = engine.backend(),
+            load_ms = engine.load_ms().round(),
+            "engine loaded"
         );
         *l = Some(Loaded {
             generation,
@@ -282,12 +297,12 @@ impl Station {
         match outcome {
             PutOutcome::Queued => {
                 self.dashboard.publish(self.view(&meta, &obj), None);
-                eprintln!("tirpd: study {} from {source}: stored, queued", tag(&id));
+                info!(study = tag(&id), source, "study stored, queued");
             }
             PutOutcome::Duplicate => {
-                eprintln!(
-                    "tirpd: study {} from {source}: already received, not queued again",
-                    tag(&id)
+                info!(
+                    study = tag(&id),
+                    source, "study already received, not queued again"
                 )
             }
         }
@@ -370,24 +385,38 @@ impl Station {
                     &serde_json::to_vec_pretty(&rec).expect("record serialises"),
                 ) {
                     // Not committed: it stays in incoming/ and is processed after a restart.
-                    eprintln!("tirpd: study {}: cannot record the result: {e}", tag(id));
+                    error!(
+                        study = tag(id),
+                        error = e.to_string(),
+                        "cannot record the result"
+                    );
                     return;
                 }
                 if let Err(e) = self.device.log_entry(&LogEntry::Inference(inference)) {
-                    eprintln!("tirpd: study {}: device log: {e}", tag(id));
+                    error!(
+                        study = tag(id),
+                        error = e.to_string(),
+                        "cannot write the device log"
+                    );
                 }
                 self.processed.fetch_add(1, Ordering::Relaxed);
-                let score = match &p.localiser {
-                    Some(l) if p.review => format!("localiser confidence {:.3}", l.confidence),
-                    _ => format!("p = {:.3}", p.probability),
-                };
-                eprintln!(
-                    "tirpd: study {} from {}: {} ({score}) in {:.0} ms, {} ms after its first byte",
-                    tag(id),
-                    meta.source,
-                    p.flag,
-                    t.elapsed().as_secs_f64() * 1e3,
-                    done.saturating_sub(meta.received_unix_ms)
+                // A review result has no probability; its localiser confidence instead.
+                let probability = (!p.review).then_some(round3(p.probability as f64));
+                let localiser_confidence = p
+                    .localiser
+                    .as_ref()
+                    .filter(|_| p.review)
+                    .map(|l| round3(l.confidence as f64));
+                info!(
+                    study = tag(id),
+                    source = meta.source.as_str(),
+                    flag = p.flag.as_str(),
+                    probability,
+                    localiser_confidence,
+                    review = p.review,
+                    processing_ms = (t.elapsed().as_secs_f64() * 1e3).round(),
+                    latency_ms = done.saturating_sub(meta.received_unix_ms),
+                    "study done"
                 );
                 self.dashboard.publish(view, Some(Arc::new(png)));
             }
@@ -403,7 +432,11 @@ impl Station {
                     id,
                     &serde_json::to_vec_pretty(&rec).expect("record serialises"),
                 ) {
-                    eprintln!("tirpd: study {}: cannot record the failure: {e}", tag(id));
+                    error!(
+                        study = tag(id),
+                        error = e.to_string(),
+                        "cannot record the failure"
+                    );
                     return;
                 }
                 let _ = self
@@ -413,10 +446,11 @@ impl Station {
                         format!("study {}: {reason}", tag(id)),
                     )));
                 self.failed.fetch_add(1, Ordering::Relaxed);
-                eprintln!(
-                    "tirpd: study {} from {}: failed: {reason}",
-                    tag(id),
-                    meta.source
+                warn!(
+                    study = tag(id),
+                    source = meta.source.as_str(),
+                    error = reason.as_str(),
+                    "study failed"
                 );
                 self.dashboard.publish(view, None);
             }

@@ -34,6 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
+use tracing::{error, info, warn};
 
 /// DIMSE command field values (PS3.7 E.1).
 const C_STORE_RQ: u16 = 0x0001;
@@ -265,12 +266,12 @@ impl Scp {
     }
 
     fn run(self, stop: &AtomicBool) {
-        eprintln!(
-            "dicom-scp: listening on {} as AE {} (max {} associations, max PDU {})",
-            self.local_addr,
-            self.shared.cfg.ae_title,
-            self.shared.cfg.max_associations,
-            self.shared.cfg.max_pdu
+        info!(
+            addr = %self.local_addr,
+            ae_title = self.shared.cfg.ae_title.as_str(),
+            max_associations = self.shared.cfg.max_associations,
+            max_pdu = self.shared.cfg.max_pdu,
+            "dicom-scp: listening"
         );
         while !stop.load(Ordering::Acquire) {
             match self.listener.accept() {
@@ -279,12 +280,12 @@ impl Scp {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     // e.g. EMFILE: back off rather than spin.
-                    eprintln!("dicom-scp: accept failed: {e}");
+                    warn!(error = e.to_string(), "dicom-scp: accept failed");
                     std::thread::sleep(ACCEPT_POLL * 4);
                 }
             }
         }
-        eprintln!("dicom-scp: stopped listening on {}", self.local_addr);
+        info!(addr = %self.local_addr, "dicom-scp: stopped listening");
     }
 
     fn on_connection(&self, stream: TcpStream, peer: SocketAddr) {
@@ -312,10 +313,7 @@ impl Scp {
             // The closure (and its guard) never ran: undo the admission ourselves.
             counters.active.fetch_sub(1, Ordering::AcqRel);
             counters.rejected.fetch_add(1, Ordering::Relaxed);
-            eprintln!(
-                "dicom-scp: association from {} dropped: no thread: {e}",
-                peer.ip()
-            );
+            warn!(peer = %peer.ip(), error = e.to_string(), "dicom-scp: association dropped: no thread");
         }
     }
 }
@@ -340,9 +338,9 @@ fn reject_over_limit(stream: TcpStream, peer: SocketAddr, counters: Arc<Counters
         })
         .is_err();
     if busy {
-        eprintln!(
-            "dicom-scp: association from {} dropped: over the association limit",
-            peer.ip()
+        warn!(
+            peer = %peer.ip(),
+            "dicom-scp: association dropped: over the association limit"
         );
         return;
     }
@@ -352,10 +350,11 @@ fn reject_over_limit(stream: TcpStream, peer: SocketAddr, counters: Arc<Counters
         .spawn(move || {
             let calling = write_limit_rejection(stream, max_pdu);
             c.rejectors.fetch_sub(1, Ordering::AcqRel);
-            eprintln!(
-                "dicom-scp: association rejected: calling AE {} from {}: local limit exceeded",
-                calling.as_deref().unwrap_or("?"),
-                peer.ip()
+            warn!(
+                calling_ae = calling.as_deref().unwrap_or("?"),
+                peer = %peer.ip(),
+                reason = "local limit exceeded",
+                "dicom-scp: association rejected"
             );
         });
     if spawned.is_err() {
@@ -464,7 +463,7 @@ fn serve_association(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
     let counters = &shared.counters;
     // Accepted sockets do not inherit O_NONBLOCK on Linux, but make sure on every platform.
     if let Err(e) = stream.set_nonblocking(false) {
-        eprintln!("dicom-scp: connection from {} dropped: {e}", peer.ip());
+        warn!(peer = %peer.ip(), error = e.to_string(), "dicom-scp: connection dropped");
         return;
     }
     let seen = Arc::new(Mutex::new(None));
@@ -496,19 +495,21 @@ fn serve_association(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
         Err(dicom_ul::association::Error::Rejected { association_rj, .. }) => {
             counters.rejected.fetch_add(1, Ordering::Relaxed);
             let (calling, called) = seen_ae();
-            eprintln!(
-                "dicom-scp: association rejected: calling AE {calling} called AE {called} from {}: {}",
-                peer.ip(),
-                association_rj.source
+            warn!(
+                calling_ae = calling.as_str(),
+                called_ae = called.as_str(),
+                peer = %peer.ip(),
+                reason = association_rj.source.to_string(),
+                "dicom-scp: association rejected"
             );
             return;
         }
         Err(e) => {
             counters.rejected.fetch_add(1, Ordering::Relaxed);
-            eprintln!(
-                "dicom-scp: association from {} failed to establish: {}",
-                peer.ip(),
-                describe_ul_error(&e)
+            warn!(
+                peer = %peer.ip(),
+                error = describe_ul_error(&e),
+                "dicom-scp: association failed to establish"
             );
             return;
         }
@@ -527,11 +528,12 @@ fn serve_association(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
             )
         })
         .collect();
-    eprintln!(
-        "dicom-scp: association accepted: calling AE {calling_ae} from {}, peer max PDU {}, contexts [{}]",
-        peer.ip(),
-        association.peer_max_pdu_length(),
-        accepted.join(", ")
+    info!(
+        calling_ae = calling_ae.as_str(),
+        peer = %peer.ip(),
+        peer_max_pdu = association.peer_max_pdu_length(),
+        contexts = accepted.join(", "),
+        "dicom-scp: association accepted"
     );
 
     let mut session = Session {
@@ -566,10 +568,8 @@ fn serve_association(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
             Err(e) => break Stop::Lost(format!("connection lost: {}", describe_ul_error(&e))),
         }
     };
-    let partial = match &session.pending {
-        Some(p) => format!(", partial instance of {} bytes discarded", p.data.len()),
-        None => String::new(),
-    };
+    // Bytes of an instance still incomplete when it ended (not stored).
+    let partial_bytes = session.pending.as_ref().map(|p| p.data.len());
     let why = match outcome {
         Stop::Abort(why) => {
             let _ = association.abort();
@@ -577,11 +577,13 @@ fn serve_association(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
         }
         Stop::Lost(why) => why,
     };
-    eprintln!(
-        "dicom-scp: association with {} from {} ended ({why}): {} instance(s) stored{partial}",
-        session.calling_ae,
-        peer.ip(),
-        session.stored
+    info!(
+        calling_ae = session.calling_ae.as_str(),
+        peer = %peer.ip(),
+        reason = why.as_str(),
+        stored = session.stored,
+        partial_instance_discarded_bytes = partial_bytes,
+        "dicom-scp: association ended"
     );
 }
 
@@ -656,10 +658,10 @@ impl Session<'_> {
                 ]);
                 send_command(association, pc_id, &rsp)?;
                 self.shared.counters.echoes.fetch_add(1, Ordering::Relaxed);
-                eprintln!(
-                    "dicom-scp: C-ECHO from {} ({})",
-                    self.calling_ae,
-                    self.peer.ip()
+                info!(
+                    calling_ae = self.calling_ae.as_str(),
+                    peer = %self.peer.ip(),
+                    "dicom-scp: C-ECHO"
                 );
                 Ok(())
             }
@@ -730,20 +732,27 @@ impl Session<'_> {
         } else {
             counters.refused.fetch_add(1, Ordering::Relaxed);
         }
-        eprintln!(
-            "dicom-scp: C-STORE from {} ({}) class {} ts {ts} uid#{} {} bytes -> {status:#06x}{}{}",
-            self.calling_ae,
-            self.peer.ip(),
-            short_class(&pending.sop_class_uid),
-            uid_hash(&pending.sop_instance_uid),
-            pending.data.len(),
-            comment.map(|c| format!(" ({c})")).unwrap_or_default(),
-            if sent.is_err() {
-                " [response not delivered]"
-            } else {
-                ""
-            }
-        );
+        macro_rules! c_store_event {
+            ($level:ident, $msg:literal) => {
+                $level!(
+                    calling_ae = self.calling_ae.as_str(),
+                    peer = %self.peer.ip(),
+                    class = short_class(&pending.sop_class_uid),
+                    ts = %ts,
+                    instance = %uid_hash(&pending.sop_instance_uid),
+                    bytes = pending.data.len(),
+                    status = %format_args!("{status:#06x}"),
+                    comment = comment.as_deref(),
+                    response_delivered = sent.is_ok(),
+                    $msg
+                )
+            };
+        }
+        if status == STATUS_SUCCESS {
+            c_store_event!(info, "dicom-scp: C-STORE stored");
+        } else {
+            c_store_event!(warn, "dicom-scp: C-STORE refused");
+        }
         sent
     }
 
@@ -768,10 +777,10 @@ impl Session<'_> {
         let obj = match InMemDicomObject::read_dataset_with_ts(&pending.data[..], ts) {
             Ok(obj) => obj,
             Err(e) => {
-                eprintln!(
-                    "dicom-scp: data set uid#{} unreadable: {}",
-                    uid_hash(instance),
-                    error_chain(&e)
+                warn!(
+                    instance = %uid_hash(instance),
+                    error = error_chain(&e),
+                    "dicom-scp: data set unreadable"
                 );
                 return (
                     STATUS_CANNOT_UNDERSTAND,
@@ -795,7 +804,10 @@ impl Session<'_> {
         let file = match part10_file(class, instance, ts_uid, &self.calling_ae, &pending.data) {
             Ok(f) => f,
             Err(e) => {
-                eprintln!("dicom-scp: cannot build the file meta group: {e}");
+                error!(
+                    error = e.to_string(),
+                    "dicom-scp: cannot build the file meta group"
+                );
                 return (
                     STATUS_CANNOT_UNDERSTAND,
                     Some("cannot build file meta".into()),

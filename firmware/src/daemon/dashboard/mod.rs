@@ -376,11 +376,22 @@ fn set_security_headers(h: &mut HeaderMap) {
     h.insert("cross-origin-resource-policy", s("same-origin"));
 }
 
-/// The request log line: method, path without the query string (where `?token=` is), status.
-/// Nothing else: no headers, no client address, no study content.
-fn log_line(method: &axum::http::Method, uri: &axum::http::Uri, status: StatusCode) -> String {
-    let path: String = uri.path().chars().take(200).collect();
-    format!("dashboard: {method} {path} {}", status.as_u16())
+/// The path as the request log shows it: no query string (where `?token=` is), at most 200
+/// characters.
+fn log_path(uri: &axum::http::Uri) -> String {
+    uri.path().chars().take(200).collect()
+}
+
+/// The request log event: method, path (see [`log_path`]), status. Nothing else: no headers,
+/// no client address, no study content. Refusals and errors (4xx, 5xx) at `warn`.
+fn access_log(method: &axum::http::Method, uri: &axum::http::Uri, status: StatusCode) {
+    let path = log_path(uri);
+    let (method, status) = (method.as_str(), status.as_u16());
+    if status >= 400 {
+        tracing::warn!(method, path, status, "dashboard request");
+    } else {
+        tracing::info!(method, path, status, "dashboard request");
+    }
 }
 
 /// Token check, security headers and the request log.
@@ -410,7 +421,7 @@ async fn guard(State(app): State<App>, req: Request, next: Next) -> Response {
         resp.headers_mut().append(header::SET_COOKIE, v);
     }
     set_security_headers(resp.headers_mut());
-    eprintln!("{}", log_line(&method, &uri, resp.status()));
+    access_log(&method, &uri, resp.status());
     resp
 }
 
@@ -585,7 +596,7 @@ pub fn serve(
                 let listener = match tokio::net::TcpListener::from_std(listener) {
                     Ok(l) => l,
                     Err(e) => {
-                        eprintln!("dashboard: cannot serve on {addr}: {e}");
+                        tracing::error!(addr = %addr, error = e.to_string(), "dashboard: cannot serve");
                         return;
                     }
                 };
@@ -604,10 +615,10 @@ pub fn serve(
                 tokio::select! {
                     r = std::future::IntoFuture::into_future(server) => {
                         if let Err(e) = r {
-                            eprintln!("dashboard: server error: {e}");
+                            tracing::error!(error = e.to_string(), "dashboard: server error");
                         }
                     }
-                    _ = deadline => eprintln!("dashboard: closing connections still open at stop"),
+                    _ = deadline => tracing::info!("dashboard: closing connections still open at stop"),
                 }
             });
             rt.shutdown_timeout(Duration::from_millis(50));

@@ -625,12 +625,25 @@ fn constant_time_compare() {
 }
 
 #[test]
-fn the_log_line_has_no_query_string() {
+fn the_access_log_has_method_path_and_status_but_no_query_string() {
     let uri: axum::http::Uri = "/api/studies/ab01?token=s3cret&x=DOE%5EJANE"
         .parse()
         .unwrap();
-    let l = log_line(&axum::http::Method::GET, &uri, StatusCode::OK);
-    assert_eq!(l, "dashboard: GET /api/studies/ab01 200");
+    let ((), events, raw) = crate::testlog::capture(|| {
+        access_log(&axum::http::Method::GET, &uri, StatusCode::OK);
+        access_log(&axum::http::Method::POST, &uri, StatusCode::UNAUTHORIZED);
+    });
+    assert_eq!(events.len(), 2, "{raw}");
+    let f = &events[0]["fields"];
+    assert_eq!(events[0]["level"], "INFO");
+    assert_eq!(f["method"], "GET");
+    assert_eq!(f["path"], "/api/studies/ab01");
+    assert_eq!(f["status"], 200);
+    assert_eq!(events[1]["level"], "WARN", "refusals stand out");
+    assert_eq!(events[1]["fields"]["status"], 401);
+    for secret in ["s3cret", "token", "DOE", "JANE", "?"] {
+        assert!(!raw.contains(secret), "{secret} in {raw}");
+    }
     let long: axum::http::Uri = format!("/{}", "a".repeat(500)).parse().unwrap();
-    assert!(log_line(&axum::http::Method::GET, &long, StatusCode::NOT_FOUND).len() < 240);
+    assert_eq!(log_path(&long).len(), 200);
 }
