@@ -562,4 +562,10 @@ fn predict_without_a_roi_uses_the_bundles_localiser() {
     let v = ok_json(&eval(&bundle, "recorded"));
     assert_eq!(v["roi"], "recorded");
     assert_eq!(v["roi_sources"]["caller"], v["n_studies"]);
+    // --roi whole: the whole image even with a localiser in the bundle; nothing to review.
+    let w = ok_json(&eval(&bundle, "whole"));
+    assert_eq!(w["roi_sources"]["caller"], w["n_studies"]);
+    assert_eq!(w["n"], w["n_studies"]);
+    assert!(w["localiser"].is_null(), "{w}");
+    assert_ne!(w["auc"]["ensemble"], v["auc"]["ensemble"]);
 }

@@ -183,6 +183,13 @@ fn train_localiser_completes_the_bundle(labels: &Path, a: &Path) {
         let n = e["n_studies"].as_u64().unwrap();
         assert!(n > 0 && e["n_review"].as_u64().unwrap() <= n, "{e}");
         assert!(e["iou_with_recorded"]["n"].as_u64().unwrap() == n);
+        for k in [
+            "ensemble_auc_automatic_boxes",
+            "ensemble_auc_recorded_boxes",
+            "ensemble_auc_whole_image",
+        ] {
+            assert!(e[k].is_object(), "{k}: {e}");
+        }
     }
     assert!(r["latency_ms"]["p50"].as_f64().unwrap() > 0.0);
     assert!(r["internal_test"]["first_pass_recall_iou50"].is_number());

@@ -104,7 +104,13 @@ impl Plan {
         let model = tract_onnx::onnx()
             .model_for_path(path)
             .map_err(tract_err(&file, "parsing ONNX"))?;
-        Plan::build(model, file, rest, Outputs::Named { required, optional }, gpu)
+        Plan::build(
+            model,
+            file,
+            rest,
+            Outputs::Named { required, optional },
+            gpu,
+        )
     }
 
     /// Loads an ONNX graph held in memory (named `file` in errors), on the CPU: the same
@@ -136,9 +142,7 @@ impl Plan {
                     if !declared.iter().any(|d| d == r) {
                         return Err(EngineError::Model {
                             file,
-                            message: format!(
-                                "no output `{r}` (the graph's outputs: {declared:?})"
-                            ),
+                            message: format!("no output `{r}` (the graph's outputs: {declared:?})"),
                         });
                     }
                 }

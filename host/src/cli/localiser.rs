@@ -253,10 +253,11 @@ pub fn run(args: TrainLocaliserArgs, out: &Output) -> Result<()> {
         if let Some(t) = value["task_effect"].as_object() {
             for (name, e) in t {
                 effect += &format!(
-                    "{name:>14}: ensemble AUC automatic boxes {:.3}, recorded {:.3} (Δ {:+.4}); {} of {} to review\n",
+                    "{name:>14}: ensemble AUC automatic boxes {:.3}, recorded {:.3} (Δ {:+.4}), whole image {:.3}; {} of {} to review\n",
                     e["ensemble_auc_automatic_boxes"]["auc"].as_f64().unwrap_or(f64::NAN),
                     e["ensemble_auc_recorded_boxes"]["auc"].as_f64().unwrap_or(f64::NAN),
                     e["ensemble_auc_delta"].as_f64().unwrap_or(f64::NAN),
+                    e["ensemble_auc_whole_image"]["auc"].as_f64().unwrap_or(f64::NAN),
                     e["n_review"],
                     e["n_studies"],
                 );

@@ -136,8 +136,9 @@ pub struct EvalArgs {
     /// localiser finds every box (the table's boxes are only compared with its boxes, and
     /// the ensemble AUC with the recorded boxes on the same studies is reported beside).
     /// Studies the localiser cannot localise ("no lesion localised — review") are left out
-    /// of the predictions and the AUC, and counted.
-    #[arg(long, default_value = "recorded", value_parser = ["recorded", "auto"])]
+    /// of the predictions and the AUC, and counted. `whole` = the whole image, localiser or
+    /// not (what a bundle without a localiser does with no box).
+    #[arg(long, default_value = "recorded", value_parser = ["recorded", "auto", "whole"])]
     roi: String,
 }
 
@@ -410,7 +411,12 @@ pub fn run_eval(args: EvalArgs, out: &Output) -> Result<()> {
         .num_threads(workers.max(1))
         .build()
         .context("starting the worker threads")?;
-    let all_preds = score_records(&engine, &pool, &records, !auto, "scoring")?;
+    let boxes = match args.roi.as_str() {
+        "auto" => Boxes::Engine,
+        "whole" => Boxes::Whole,
+        _ => Boxes::Recorded,
+    };
+    let all_preds = score_records(&engine, &pool, &records, boxes, "scoring")?;
     let n_all = all_preds.len();
 
     let mut sources = std::collections::BTreeMap::<String, usize>::new();
@@ -434,7 +440,7 @@ pub fn run_eval(args: EvalArgs, out: &Output) -> Result<()> {
             &engine,
             &pool,
             &records,
-            true,
+            Boxes::Recorded,
             "scoring with the recorded boxes",
         )?)
     } else {
@@ -701,7 +707,8 @@ pub(crate) fn localiser_summary(
 }
 
 /// The localiser's effect on the task over `records`: every record with automatic boxes,
-/// then the localised ones with the recorded boxes; see [`localiser_summary`].
+/// then the localised ones with the recorded boxes and with the whole image (what the
+/// engine does without a localiser); see [`localiser_summary`].
 pub(crate) fn localiser_effect(
     engine: &Engine,
     pool: &rayon::ThreadPool,
@@ -712,7 +719,7 @@ pub(crate) fn localiser_effect(
         engine,
         pool,
         records,
-        false,
+        Boxes::Engine,
         &format!("{what}: automatic boxes"),
     )?;
     let localised: Vec<&tirp_models::table::Record> = records
@@ -725,23 +732,50 @@ pub(crate) fn localiser_effect(
         engine,
         pool,
         &localised,
-        true,
+        Boxes::Recorded,
         &format!("{what}: recorded boxes"),
     )?;
-    Ok(localiser_summary(records, &auto, Some(&recorded)))
+    let whole = score_records(
+        engine,
+        pool,
+        &localised,
+        Boxes::Whole,
+        &format!("{what}: whole image"),
+    )?;
+    let mut v = localiser_summary(records, &auto, Some(&recorded));
+    let truth: Vec<bool> = localised
+        .iter()
+        .map(|r| r.label == tirp_firmware::clinical::Label::Pbt)
+        .collect();
+    let scores: Vec<f64> = whole.iter().map(|p| p.probability as f64).collect();
+    v["ensemble_auc_whole_image"] = match roc::auc_delong_ci(&scores, &truth, 0.95) {
+        Ok(ci) => json!({"auc": ci.auc, "ci_low": ci.low, "ci_high": ci.high}),
+        Err(e) => json!({"auc": null, "why": e.to_string()}),
+    };
+    Ok(v)
 }
 
 fn frac_opt(k: usize, d: usize) -> Option<f64> {
     (d > 0).then(|| k as f64 / d as f64)
 }
 
-/// Predictions for `records` in parallel on `pool` (each with sequential members), with the
-/// table's boxes (`recorded`) or none (the engine's localiser, else the whole image).
+/// Which lesion box each radiograph is scored with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Boxes {
+    /// The table's (none where it has none: as `Engine`).
+    Recorded,
+    /// None given: the engine's localiser, else the whole image.
+    Engine,
+    /// The whole image.
+    Whole,
+}
+
+/// Predictions for `records` in parallel on `pool` (each with sequential members).
 pub(crate) fn score_records(
     engine: &Engine,
     pool: &rayon::ThreadPool,
     records: &[&tirp_models::table::Record],
-    recorded: bool,
+    boxes: Boxes,
     what: &str,
 ) -> Result<Vec<Prediction>> {
     let bar = ProgressBar::new(records.len() as u64);
@@ -762,7 +796,11 @@ pub(crate) fn score_records(
                     sex: r.sex,
                     site: r.site,
                 };
-                let roi = if recorded { r.roi } else { None };
+                let roi = match boxes {
+                    Boxes::Recorded => r.roi,
+                    Boxes::Engine => None,
+                    Boxes::Whole => Some(img.full_roi()),
+                };
                 let p = engine
                     .predict(&img, roi, clinical, Explain::GradCam)
                     .with_context(|| format!("{}", r.path.display()))?;
