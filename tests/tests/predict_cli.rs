@@ -340,6 +340,14 @@ fn bench_reports_cold_start_and_stage_percentiles() {
         let p95 = v["stages"][stage]["p95_ms"].as_f64().unwrap();
         assert!(p50 >= 0.0 && p95 >= p50, "{stage}: {p50} {p95}");
     }
+    // Resident memory (this machine is Linux): loading the bundle adds to it; peak ≥ end.
+    let m = &v["memory"];
+    let kb = |k: &str| m[k].as_u64().unwrap_or_else(|| panic!("{k}: {m}"));
+    assert!(kb("rss_after_load_kb") > kb("rss_before_load_kb"), "{m}");
+    assert!(
+        kb("peak_rss_kb") >= kb("rss_end_kb") && kb("rss_end_kb") > 1024,
+        "{m}"
+    );
 }
 
 #[test]

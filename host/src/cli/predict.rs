@@ -755,6 +755,15 @@ pub(crate) fn localiser_effect(
     Ok(v)
 }
 
+/// A `kB` line of /proc/self/status (`VmRSS`, `VmHWM`), where there is one.
+fn memory_kb(key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|l| {
+        let rest = l.strip_prefix(key)?.strip_prefix(':')?;
+        rest.trim().strip_suffix("kB")?.trim().parse().ok()
+    })
+}
+
 fn frac_opt(k: usize, d: usize) -> Option<f64> {
     (d > 0).then(|| k as f64 / d as f64)
 }
@@ -844,8 +853,10 @@ fn bench(
     out: &Output,
 ) -> Result<()> {
     ensure!(iters >= 1, "--iters must be at least 1");
+    let rss_before_kb = memory_kb("VmRSS");
     let engine = bundle.load()?;
     let cold_ms = engine.load_ms();
+    let rss_loaded_kb = memory_kb("VmRSS");
     let (img, decode_ms) = match image {
         Some(p) => {
             let input = load_input(p, None)?;
@@ -926,9 +937,18 @@ fn bench(
             json!({"p50_ms": percentile(&v, 0.5), "p95_ms": percentile(&v, 0.95)}),
         );
     }
+    // Resident memory: the process before and after loading the bundle, at the end, and its
+    // peak (Linux /proc; null elsewhere).
+    let memory = json!({
+        "rss_before_load_kb": rss_before_kb,
+        "rss_after_load_kb": rss_loaded_kb,
+        "rss_end_kb": memory_kb("VmRSS"),
+        "peak_rss_kb": memory_kb("VmHWM"),
+    });
     let value = json!({
         "bundle": {"name": engine.spec().name, "version": engine.spec().version, "dir": engine.dir()},
         "backend": engine.backend(),
+        "memory": memory,
         "threads": engine.threads(),
         "members": engine.spec().members.len(),
         "input_size": engine.spec().preprocess.input_size,
@@ -944,9 +964,15 @@ fn bench(
         "graphs": graphs,
     });
     out.emit(&value, || {
+        let mb = |k: &str| {
+            memory[k].as_u64().map_or("n/a".to_owned(), |kb| {
+                format!("{:.1} MiB", kb as f64 / 1024.0)
+            })
+        };
         let mut s = format!(
             "bundle {} {} ({} members, {}×{} input) on {}, {} thread(s), {explain}, {iters} runs\n\
-             cold start (load + optimise + plan): {cold_ms:.1} ms; first run {:.1} ms\n",
+             cold start (load + optimise + plan): {cold_ms:.1} ms; first run {:.1} ms\n\
+             resident memory: {} before load, {} loaded, {} at the end, peak {}\n",
             engine.spec().name,
             engine.spec().version,
             engine.spec().members.len(),
@@ -955,6 +981,10 @@ fn bench(
             engine.backend(),
             engine.threads(),
             first.timings.total_ms,
+            mb("rss_before_load_kb"),
+            mb("rss_after_load_kb"),
+            mb("rss_end_kb"),
+            mb("peak_rss_kb"),
         );
         for &name in &names {
             let v = &table[name];
