@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use tirp_firmware::dicom::scp::{
     InstanceSink, ReceivedInstance, Scp, ScpConfig, ScpStats, ScpStatsHandle, SinkError,
 };
-use tirp_firmware::dicom::scu::{Destination, ScuError, store_file};
+use tirp_firmware::dicom::scu::{Destination, ScuError, store_file, store_files};
 use tirp_firmware::dicom::{
     self, IMPLEMENTATION_CLASS_UID, JPEG_2000_LOSSLESS, JPEG_BASELINE, JPEG_LOSSLESS_SV1,
     RLE_LOSSLESS, TRANSFER_SYNTAXES,
@@ -605,6 +605,76 @@ fn several_instances_on_one_association() {
     node.settle();
     let s = node.stats();
     assert_eq!((s.associations, s.stored), (1, 4), "{s:?}");
+}
+
+/// The outbox's batches: several files over one association, each file's fate reported in
+/// order — an unreadable file and an unknown SOP class are refused for themselves while the
+/// association carries on with the rest.
+#[test]
+fn store_files_sends_a_batch_over_one_association() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = make_dx(dir.path(), "a.dcm", "2.25.5001");
+    let b = make_dx(dir.path(), "b.dcm", "2.25.5002");
+    let junk = dir.path().join("junk.dcm");
+    std::fs::write(&junk, b"not DICOM at all").unwrap();
+    let ct = dir.path().join("ct.dcm");
+    make_image(&ct, CT, "2.25.5003");
+    let c = make_dx(dir.path(), "c.dcm", "2.25.5004");
+    let node = Node::allowing(&[], Mode::Store);
+    let files = vec![a, b, junk, ct, c];
+    let mut seen = Vec::new();
+    store_files(
+        "EDGE",
+        &node.dest(),
+        &files,
+        Duration::from_secs(10),
+        &mut |i, r| seen.push((i, r)),
+    )
+    .unwrap();
+    let order: Vec<usize> = seen.iter().map(|(i, _)| *i).collect();
+    // The unreadable file is known before connecting; the others in order.
+    assert_eq!(order, [2, 0, 1, 3, 4]);
+    assert!(
+        matches!(seen[0].1, Err(ScuError::InvalidFile { .. })),
+        "{:?}",
+        seen[0]
+    );
+    assert!(
+        seen[1].1.is_ok() && seen[2].1.is_ok() && seen[4].1.is_ok(),
+        "{seen:?}"
+    );
+    assert!(
+        matches!(seen[3].1, Err(ScuError::NoPresentationContext { .. })),
+        "{:?}",
+        seen[3]
+    );
+    node.settle();
+    let s = node.stats();
+    assert_eq!((s.associations, s.stored, s.refused), (1, 3, 0), "{s:?}");
+    let uids: Vec<String> = node
+        .calls()
+        .iter()
+        .map(|(r, _)| r.sop_instance_uid.clone())
+        .collect();
+    assert_eq!(uids, ["2.25.5001", "2.25.5002", "2.25.5004"]);
+
+    // Nobody listening: the association error is returned and nothing is reported.
+    let port = free_port();
+    let mut reported = 0;
+    let e = store_files(
+        "EDGE",
+        &Destination {
+            ae_title: "TIRPD".into(),
+            host: "127.0.0.1".into(),
+            port,
+        },
+        &files[..2],
+        Duration::from_secs(5),
+        &mut |_, _| reported += 1,
+    )
+    .unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    assert_eq!(reported, 0);
 }
 
 #[test]

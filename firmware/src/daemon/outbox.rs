@@ -3,13 +3,14 @@
 //!
 //! One directory per destination under the outbox root, one file per object
 //! (`<seq>-<name>.dcm`, written durably before it counts as queued). A sender thread per
-//! destination sends the oldest first by C-STORE; a transient failure (connection refused,
+//! destination sends the oldest first by C-STORE, up to [`BATCH`] objects over one
+//! association (one negotiation per batch, not per object); a transient failure (connection refused,
 //! time-out, out of resources at the far end) backs off exponentially and keeps the file; a
 //! permanent refusal moves it to `failed/` beside a `.reason` file, so one bad object never
 //! blocks the queue behind it.
 
 use super::spool::{SpoolError, write_durably};
-use crate::dicom::scu::{self, Destination};
+use crate::dicom::scu::{self, Destination, ScuError};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -18,6 +19,8 @@ use std::time::Duration;
 /// Back-off after a transient failure: 1 s doubling to this.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// Objects sent over one association at most, so an association never lasts for ever.
+pub const BATCH: usize = 64;
 
 /// What happened to an object, for the daemon's log (no patient data).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,7 +195,8 @@ impl Outbox {
         let dest = q.dest.to_string();
         while !stop.load(Ordering::Relaxed) {
             let seen = *q.wake.0.lock().expect("outbox lock");
-            let Some(path) = list(&q.dir).into_iter().next() else {
+            let queued = list(&q.dir);
+            if queued.is_empty() {
                 // Nothing queued: sleep until enqueue() or the stop flag.
                 let (lock, cv) = &q.wake;
                 let g = lock.lock().expect("outbox lock");
@@ -200,25 +204,75 @@ impl Outbox {
                     let _ = cv.wait_timeout(g, Duration::from_millis(200));
                 }
                 continue;
+            }
+            let batch: Vec<PathBuf> = queued.into_iter().take(BATCH).collect();
+            let name_of = |path: &Path| {
+                path.file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.split_once('-').map(|(_, rest)| rest.to_owned()))
+                    .unwrap_or_default()
             };
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.split_once('-').map(|(_, rest)| rest.to_owned()))
-                .unwrap_or_default();
-            match scu::store_file(&self.calling_ae, &q.dest, &path, self.timeout) {
-                Ok(()) => {
-                    let _ = std::fs::remove_file(&path);
-                    backoff = FIRST_BACKOFF;
-                    on_event(SendEvent::Sent {
-                        dest: dest.clone(),
-                        name,
-                    });
+            let refuse = |path: &Path, e: &ScuError| {
+                let failed = q.dir.join("failed");
+                let file_name = path.file_name().expect("listed file has a name");
+                let _ = std::fs::write(
+                    failed.join(file_name).with_extension("reason"),
+                    e.to_string(),
+                );
+                let _ = std::fs::rename(path, failed.join(file_name));
+                on_event(SendEvent::Refused {
+                    dest: dest.clone(),
+                    name: name_of(path),
+                    error: e.to_string(),
+                });
+            };
+            // One association for the batch; each file's fate as it comes.
+            let mut reported = vec![false; batch.len()];
+            let mut busy: Option<ScuError> = None;
+            let result = scu::store_files(
+                &self.calling_ae,
+                &q.dest,
+                &batch,
+                self.timeout,
+                &mut |i, r| {
+                    reported[i] = true;
+                    match r {
+                        Ok(()) => {
+                            let _ = std::fs::remove_file(&batch[i]);
+                            on_event(SendEvent::Sent {
+                                dest: dest.clone(),
+                                name: name_of(&batch[i]),
+                            });
+                        }
+                        // Out of resources for this one: it stays queued.
+                        Err(e) if e.is_transient() => busy = Some(e),
+                        Err(e) => refuse(&batch[i], &e),
+                    }
+                },
+            );
+            let unreported = || batch.iter().zip(&reported).filter(|(_, r)| !**r);
+            let retry = match result {
+                Ok(()) => busy,
+                Err(e) if e.is_transient() => Some(e),
+                Err(e) => {
+                    // Refused for good (e.g. the peer does not know our AE): every file left.
+                    for (path, _) in unreported() {
+                        refuse(path, &e);
+                    }
+                    None
                 }
-                Err(e) if e.is_transient() => {
+            };
+            match retry {
+                None => backoff = FIRST_BACKOFF,
+                Some(e) => {
+                    let first = unreported()
+                        .next()
+                        .map(|(p, _)| p)
+                        .or(batch.first())
+                        .expect("a batch has a file");
                     on_event(SendEvent::Retrying {
                         dest: dest.clone(),
-                        name,
+                        name: name_of(first),
                         error: e.to_string(),
                         after: backoff,
                     });
@@ -228,20 +282,6 @@ impl Outbox {
                         std::thread::sleep(Duration::from_millis(100));
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-                Err(e) => {
-                    let failed = q.dir.join("failed");
-                    let file_name = path.file_name().expect("listed file has a name");
-                    let _ = std::fs::write(
-                        failed.join(file_name).with_extension("reason"),
-                        e.to_string(),
-                    );
-                    let _ = std::fs::rename(&path, failed.join(file_name));
-                    on_event(SendEvent::Refused {
-                        dest: dest.clone(),
-                        name,
-                        error: e.to_string(),
-                    });
                 }
             }
         }

@@ -192,49 +192,120 @@ pub fn store_file(
     file: &Path,
     timeout: Duration,
 ) -> Result<(), ScuError> {
+    let mut result = None;
+    store_files(
+        calling_ae,
+        dest,
+        &[file.to_path_buf()],
+        timeout,
+        &mut |_, r| result = Some(r),
+    )?;
+    result.expect("one file, one result")
+}
+
+/// Errors that concern one file of a batch; any other ends the association.
+fn is_per_file(e: &ScuError) -> bool {
+    matches!(
+        e,
+        ScuError::Status { .. }
+            | ScuError::NoPresentationContext { .. }
+            | ScuError::InvalidFile { .. }
+            | ScuError::ReadFile { .. }
+    )
+}
+
+/// Sends `files` in order over one association, as [`store_file`] sends one, so a queue of
+/// results costs one connection and negotiation instead of one per object (one presentation
+/// context per SOP class in the batch). `done(i, result)` reports file `i` as soon as its fate
+/// is known: stored, or refused for itself (unreadable, no accepted context for its SOP class
+/// and syntax, a failure status in its C-STORE-RSP). A failure of the association itself
+/// (connect, rejection, network, protocol) ends the batch: it is returned, and the files not
+/// yet reported were not stored.
+pub fn store_files(
+    calling_ae: &str,
+    dest: &Destination,
+    files: &[PathBuf],
+    timeout: Duration,
+    done: &mut dyn FnMut(usize, Result<(), ScuError>),
+) -> Result<(), ScuError> {
     validate_ae_title(calling_ae).map_err(ScuError::Config)?;
     validate_ae_title(&dest.ae_title).map_err(ScuError::Config)?;
-    let part10 = read_part10(file)?;
     let dest_s = dest.to_string();
-    let proposed: Vec<&str> = match part10.transfer_syntax.as_str() {
-        EXPLICIT_VR_LE => vec![EXPLICIT_VR_LE, IMPLICIT_VR_LE],
-        IMPLICIT_VR_LE => vec![IMPLICIT_VR_LE, EXPLICIT_VR_LE],
-        ts => vec![ts],
-    };
-    let no_context = || ScuError::NoPresentationContext {
-        dest: dest_s.clone(),
-        sop_class: part10.sop_class.clone(),
-        transfer_syntax: part10.transfer_syntax.clone(),
-    };
-    let mut association = ClientAssociationOptions::new()
-        .calling_ae_title(calling_ae)
-        .called_ae_title(dest.ae_title.as_str())
-        .with_presentation_context(part10.sop_class.as_str(), proposed)
-        .connection_timeout(timeout)
-        .read_timeout(timeout)
-        .write_timeout(timeout)
-        .establish((dest.host.as_str(), dest.port))
-        .map_err(|e| match e {
-            dicom_ul::association::Error::NoAcceptedPresentationContexts { .. } => no_context(),
-            e => ul_error(&dest_s, e),
-        })?;
-    let result = send_on(&mut association, &part10, &dest_s, &no_context);
-    match result {
-        Ok(()) => {
-            // The instance is stored once the RSP said so; a failed release changes nothing.
-            let _ = association.release();
-            Ok(())
-        }
-        Err(e) => {
-            let _ = association.abort();
-            Err(e)
+    let mut parts: Vec<(usize, Part10)> = Vec::with_capacity(files.len());
+    for (i, f) in files.iter().enumerate() {
+        match read_part10(f) {
+            Ok(p) => parts.push((i, p)),
+            Err(e) => done(i, Err(e)),
         }
     }
+    if parts.is_empty() {
+        return Ok(());
+    }
+    // One context per SOP class, proposing every syntax its files need (no transcoding
+    // beyond explicit ↔ implicit VR little endian).
+    let mut contexts: Vec<(String, Vec<&str>)> = Vec::new();
+    for (_, p) in &parts {
+        let proposed: Vec<&str> = match p.transfer_syntax.as_str() {
+            EXPLICIT_VR_LE => vec![EXPLICIT_VR_LE, IMPLICIT_VR_LE],
+            IMPLICIT_VR_LE => vec![IMPLICIT_VR_LE, EXPLICIT_VR_LE],
+            ts => vec![ts],
+        };
+        match contexts.iter_mut().find(|(c, _)| *c == p.sop_class) {
+            Some((_, list)) => {
+                for ts in proposed {
+                    if !list.contains(&ts) {
+                        list.push(ts);
+                    }
+                }
+            }
+            None => contexts.push((p.sop_class.clone(), proposed)),
+        }
+    }
+    let no_context = |p: &Part10| ScuError::NoPresentationContext {
+        dest: dest_s.clone(),
+        sop_class: p.sop_class.clone(),
+        transfer_syntax: p.transfer_syntax.clone(),
+    };
+    let mut options = ClientAssociationOptions::new()
+        .calling_ae_title(calling_ae)
+        .called_ae_title(dest.ae_title.as_str())
+        .connection_timeout(timeout)
+        .read_timeout(timeout)
+        .write_timeout(timeout);
+    for (class, syntaxes) in &contexts {
+        options = options.with_presentation_context(class.as_str(), syntaxes.clone());
+    }
+    let mut association = match options.establish((dest.host.as_str(), dest.port)) {
+        Ok(a) => a,
+        Err(dicom_ul::association::Error::NoAcceptedPresentationContexts { .. }) => {
+            for (i, p) in &parts {
+                done(*i, Err(no_context(p)));
+            }
+            return Ok(());
+        }
+        Err(e) => return Err(ul_error(&dest_s, e)),
+    };
+    for (k, (i, p)) in parts.iter().enumerate() {
+        // Message IDs 1, 2, …: unique within the association.
+        let message_id = (k % usize::from(u16::MAX)) as u16 + 1;
+        match send_on(&mut association, p, message_id, &dest_s, &|| no_context(p)) {
+            Ok(()) => done(*i, Ok(())),
+            Err(e) if is_per_file(&e) => done(*i, Err(e)),
+            Err(e) => {
+                let _ = association.abort();
+                return Err(e);
+            }
+        }
+    }
+    // Every instance is stored once its RSP said so; a failed release changes nothing.
+    let _ = association.release();
+    Ok(())
 }
 
 fn send_on(
     association: &mut ClientAssociation<TcpStream>,
     part10: &Part10,
+    message_id: u16,
     dest: &str,
     no_context: &dyn Fn() -> ScuError,
 ) -> Result<(), ScuError> {
@@ -255,7 +326,6 @@ fn send_on(
         return Err(no_context());
     };
 
-    let message_id = 1;
     let cmd = InMemDicomObject::command_from_element_iter([
         ui(tags::AFFECTED_SOP_CLASS_UID, &part10.sop_class),
         us(tags::COMMAND_FIELD, C_STORE_RQ),
