@@ -289,6 +289,8 @@ impl Scp {
     }
 
     fn on_connection(&self, stream: TcpStream, peer: SocketAddr) {
+        // Small PDUs (C-STORE-RSP) go out at once rather than waiting on Nagle + delayed ACK.
+        let _ = stream.set_nodelay(true);
         let counters = &self.shared.counters;
         let max = self.shared.cfg.max_associations;
         let admitted = counters

@@ -285,6 +285,9 @@ pub fn store_files(
         }
         Err(e) => return Err(ul_error(&dest_s, e)),
     };
+    // The C-STORE-RQ command is a small PDU followed by the data set: without this, Nagle's
+    // algorithm holds the data behind the peer's delayed ACK, ~40–90 ms per object.
+    let _ = association.inner_stream().set_nodelay(true);
     for (k, (i, p)) in parts.iter().enumerate() {
         // Message IDs 1, 2, …: unique within the association.
         let message_id = (k % usize::from(u16::MAX)) as u16 + 1;
