@@ -105,11 +105,11 @@ fn f32_bundle(dir: &Path) -> PathBuf {
         std::fs::copy(bundle().join(&f32_file), out.join(&f32_file)).unwrap();
         m.file = f32_file;
     }
-    std::fs::copy(
-        bundle().join(&spec.stacker.file),
-        out.join(&spec.stacker.file),
-    )
-    .unwrap();
+    let others =
+        std::iter::once(&spec.stacker.file).chain(spec.localiser.as_ref().map(|l| &l.file));
+    for f in others {
+        std::fs::copy(bundle().join(f), out.join(f)).unwrap();
+    }
     spec.save(&out).unwrap();
     out
 }
