@@ -31,5 +31,5 @@ pub mod preprocess;
 pub mod provision;
 pub mod radiograph;
 pub mod slots;
-#[cfg(test)]
-mod testlog;
+#[doc(hidden)]
+pub mod testlog;

@@ -1,10 +1,19 @@
-//! Test helper: the `tracing` events a closure emits on this thread, as JSON objects (the
-//! shape of `tirpd --log-format json`).
+//! Test helpers (the library's unit tests and `tirpd`'s): a `tracing` writer that keeps what
+//! it is given, and the events a closure emits on this thread as JSON objects (the shape of
+//! `tirpd --log-format json`).
 
 use std::sync::{Arc, Mutex};
 
+/// A subscriber's writer that keeps every byte in memory.
 #[derive(Clone, Default)]
-struct Buf(Arc<Mutex<Vec<u8>>>);
+pub struct Buf(Arc<Mutex<Vec<u8>>>);
+
+impl Buf {
+    /// Everything written so far.
+    pub fn contents(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
 
 impl std::io::Write for Buf {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
@@ -24,7 +33,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buf {
 }
 
 /// Runs `f` with a JSON subscriber for this thread; returns (events, the raw lines).
-pub(crate) fn capture<R>(f: impl FnOnce() -> R) -> (R, Vec<serde_json::Value>, String) {
+pub fn capture<R>(f: impl FnOnce() -> R) -> (R, Vec<serde_json::Value>, String) {
     let buf = Buf::default();
     let sub = tracing_subscriber::fmt()
         .json()
@@ -32,7 +41,7 @@ pub(crate) fn capture<R>(f: impl FnOnce() -> R) -> (R, Vec<serde_json::Value>, S
         .with_writer(buf.clone())
         .finish();
     let r = tracing::subscriber::with_default(sub, f);
-    let raw = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let raw = buf.contents();
     let events = raw
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))

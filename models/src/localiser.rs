@@ -203,9 +203,7 @@ impl LetterboxSet {
         }
         let (s, wc) = (self.side, self.content_width(i));
         let mut out = img.to_vec();
-        for row in 0..s {
-            out[row * s..row * s + wc].reverse();
-        }
+        mirror_columns(&mut out, s, s, wc);
         let x = self.width[i].saturating_sub(roi.x + roi.w);
         (out, Roi { x, ..roi })
     }
@@ -394,9 +392,7 @@ pub fn training_sample<R: Rng>(
     let mut x = lb.pixels;
     let mut froi = froi;
     if aug.hflip && rng.random_bool(0.5) {
-        for row in 0..ch {
-            x[row * side..row * side + cw].reverse();
-        }
+        mirror_columns(&mut x, side, ch, cw);
         froi.x = frame.width.saturating_sub(froi.x + froi.w);
     }
     if aug.vflip && rng.random_bool(0.5) {
@@ -412,6 +408,14 @@ pub fn training_sample<R: Rng>(
         roi: froi,
         scale: lb.scale,
     })
+}
+
+/// Mirrors the first `cols` columns of the first `rows` rows of a `side`-wide image left–right
+/// (the letterbox's content; the padding stays where it is).
+fn mirror_columns(x: &mut [f32], side: usize, rows: usize, cols: usize) {
+    for row in 0..rows {
+        x[row * side..row * side + cols].reverse();
+    }
 }
 
 /// Random contrast curve, noise and (on whole images) collimation-like bands that stop short

@@ -103,6 +103,48 @@ pub fn have(tool: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// Whether all of `tools` are installed; names the first missing one (and `install`) if not.
+pub fn have_all(tools: &[&str], install: &str) -> bool {
+    for t in tools {
+        if !have(t) {
+            eprintln!("skipped: {t} not installed ({install})");
+            return false;
+        }
+    }
+    true
+}
+
+/// A command's stdout then stderr, for assertion messages and greps.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// dcmtk `storescu` from AE DRSTATION to TIRPD at 127.0.0.1:`port`, with `extra` options.
+pub fn storescu(port: u16, extra: &[&str], files: &[&Path]) -> std::process::Output {
+    let p = port.to_string();
+    let mut args = vec!["-aet", "DRSTATION", "-aec", "TIRPD"];
+    args.extend_from_slice(extra);
+    args.extend(["127.0.0.1", p.as_str()]);
+    Command::new("storescu")
+        .args(&args)
+        .args(files)
+        .output()
+        .unwrap()
+}
+
+/// Polls `done` every 100 ms; fails the test naming `what` after `limit`.
+pub fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !done() {
+        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A dcmtk `storescp` standing in for the station's own SCP or the PACS.
 pub struct StoreScp {
     pub child: Child,
@@ -245,6 +287,17 @@ impl StationDaemon {
 
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.data.join("tirpd.stderr")).unwrap_or_default()
+    }
+
+    /// The dashboard API's study list.
+    pub fn studies(&self) -> Vec<serde_json::Value> {
+        let (status, body) = self.get("/api/studies");
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v.as_array()
+            .or_else(|| v["studies"].as_array())
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// SIGTERM, then waits (up to 30 s) for a clean exit; returns whether it exited 0.

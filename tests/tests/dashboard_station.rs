@@ -37,16 +37,6 @@ impl Drop for Daemon {
     }
 }
 
-fn studies(d: &StationDaemon) -> Vec<Value> {
-    let (status, body) = d.get("/api/studies");
-    assert_eq!(status, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).unwrap();
-    v.as_array()
-        .or_else(|| v["studies"].as_array())
-        .cloned()
-        .unwrap_or_default()
-}
-
 /// What the list page shows for the row of patient `pid`: `null` while there is none, else
 /// its id, state class, flag, probability and patient ID texts.
 fn row_js(pid: &str) -> String {
@@ -85,7 +75,7 @@ fn a_study_sent_by_storescu_appears_live_in_the_browser() {
     let d = daemon.d();
 
     // Nothing the server sends for the page knows the study yet.
-    let before = studies(d);
+    let before = d.studies();
     for path in ["/", "/app.js", "/api/studies"] {
         let (status, body) = d.get(path);
         assert_eq!(status, 200, "{path}: {body}");
@@ -173,7 +163,7 @@ fn a_study_sent_by_storescu_appears_live_in_the_browser() {
             "no flag for {pid} in the DOM within {FLAG_LIMIT:?} of storescu (row seen: \
              {row_at:?}):\n{}\nAPI: {:?}\n{}\ntirpd:\n{}",
             browser.dom(),
-            studies(d),
+            d.studies(),
             browser.log(),
             d.stderr()
         );
@@ -190,7 +180,7 @@ fn a_study_sent_by_storescu_appears_live_in_the_browser() {
     assert_eq!(browser.eval_string("location.pathname"), "/");
 
     // What the DOM shows is what the daemon decided.
-    let shown = studies(d);
+    let shown = d.studies();
     let id = row["id"].as_str().unwrap().to_owned();
     let s = shown
         .iter()

@@ -7,58 +7,23 @@
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
-use tirp_e2e::{StationDaemon, StoreScp, bin, free_port, have};
+use std::time::Duration;
+use tirp_e2e::{
+    StationDaemon, StoreScp, bin, free_port, have_all, output_text as text, storescu, wait_for,
+};
 use tirp_firmware::devlog::{DevLog, LogEntry, LogOptions};
 
 fn tools() -> bool {
-    for t in [
-        "storescu", "storescp", "echoscu", "dcmcrle", "dcmcjpeg", "img2dcm", "dciodvfy",
-    ] {
-        if !have(t) {
-            eprintln!("skipped: {t} not installed (apt-get install dcmtk dicom3tools)");
-            return false;
-        }
-    }
-    true
+    have_all(
+        &[
+            "storescu", "storescp", "echoscu", "dcmcrle", "dcmcjpeg", "img2dcm", "dciodvfy",
+        ],
+        "apt-get install dcmtk dicom3tools",
+    )
 }
 
 fn run(cmd: &str, args: &[&str], files: &[&Path]) -> Output {
     Command::new(cmd).args(args).args(files).output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn storescu(port: u16, extra: &[&str], files: &[&Path]) -> Output {
-    let p = port.to_string();
-    let mut args = vec!["-aet", "DRSTATION", "-aec", "TIRPD"];
-    args.extend_from_slice(extra);
-    args.extend(["127.0.0.1", p.as_str()]);
-    run("storescu", &args, files)
-}
-
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !done() {
-        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn studies(d: &StationDaemon) -> Vec<Value> {
-    let (status, body) = d.get("/api/studies");
-    assert_eq!(status, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).unwrap();
-    v.as_array()
-        .or_else(|| v["studies"].as_array())
-        .cloned()
-        .unwrap_or_default()
 }
 
 fn results(data: &Path) -> usize {
@@ -234,9 +199,9 @@ fn a_dr_station_gets_flags_heat_maps_and_dicom_results() {
 
     // Flags on the dashboard; three result objects per study at the station.
     wait_for("flags on the dashboard", Duration::from_secs(120), || {
-        studies(&d).iter().filter(|s| s["state"] == "done").count() >= sent
+        d.studies().iter().filter(|s| s["state"] == "done").count() >= sent
     });
-    let shown = studies(&d);
+    let shown = d.studies();
     for s in shown.iter().filter(|s| s["state"] == "done") {
         let flag = s["flag"].as_str().unwrap();
         assert!(flag.starts_with("suspected"), "{s}");
@@ -461,14 +426,15 @@ fn activation_swaps_the_engine_between_studies_while_ingest_runs() {
         "every study on the dashboard",
         Duration::from_secs(120),
         || {
-            studies(&daemon)
+            daemon
+                .studies()
                 .iter()
                 .filter(|s| s["state"] != "queued")
                 .count()
                 >= files.len()
         },
     );
-    let mut done = studies(&daemon);
+    let mut done = daemon.studies();
     let failed: Vec<&Value> = done.iter().filter(|s| s["state"] != "done").collect();
     assert!(failed.is_empty(), "{failed:?}");
     done.sort_by_key(|s| s["done_unix_ms"].as_u64());
@@ -600,7 +566,8 @@ fn settings_file_hot_folder_and_storage_guard() {
     let reason = std::fs::read_to_string(hot.join("failed/junk.dcm.reason.txt")).unwrap();
     assert!(!reason.trim().is_empty());
     wait_for("both processed", Duration::from_secs(60), || {
-        studies(&daemon)
+        daemon
+            .studies()
             .iter()
             .filter(|s| s["state"] == "done" && s["source"] == "hotfolder")
             .count()
@@ -671,13 +638,14 @@ fn a_study_without_a_localised_lesion_is_flagged_for_review() {
         text(&o)
     );
     wait_for("both on the dashboard", Duration::from_secs(60), || {
-        studies(&daemon)
+        daemon
+            .studies()
             .iter()
             .filter(|s| s["state"] == "done")
             .count()
             == 2
     });
-    let shown = studies(&daemon);
+    let shown = daemon.studies();
     let review = shown.iter().find(|s| s["patient_id"] == "FLAT01").unwrap();
     assert_eq!(review["flag"], "no lesion localised — review", "{review}");
     assert!(

@@ -10,56 +10,18 @@
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
-use tirp_e2e::{StationDaemon, StoreScp, TEST_TOKEN, free_port, have};
+use std::process::Command;
+use std::time::Duration;
+use tirp_e2e::{
+    StationDaemon, StoreScp, TEST_TOKEN, free_port, have_all, output_text as text, storescu,
+    wait_for,
+};
 
 fn tools() -> bool {
-    for t in ["storescu", "storescp", "img2dcm"] {
-        if !have(t) {
-            eprintln!("skipped: {t} not installed (apt-get install dcmtk)");
-            return false;
-        }
-    }
-    true
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
+    have_all(
+        &["storescu", "storescp", "img2dcm"],
+        "apt-get install dcmtk",
     )
-}
-
-fn storescu(port: u16, extra: &[&str], files: &[&Path]) -> Output {
-    let p = port.to_string();
-    let mut args = vec!["-aet", "DRSTATION", "-aec", "TIRPD"];
-    args.extend_from_slice(extra);
-    args.extend(["127.0.0.1", p.as_str()]);
-    Command::new("storescu")
-        .args(&args)
-        .args(files)
-        .output()
-        .unwrap()
-}
-
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !done() {
-        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn studies(d: &StationDaemon) -> Vec<Value> {
-    let (status, body) = d.get("/api/studies");
-    assert_eq!(status, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).unwrap();
-    v.as_array()
-        .or_else(|| v["studies"].as_array())
-        .cloned()
-        .unwrap_or_default()
 }
 
 /// Kills `tirpd` if the test fails before stopping it.
@@ -196,7 +158,8 @@ fn json_logs_carry_fields_and_no_patient_data() {
     assert_eq!(status, 200);
 
     wait_for("flags on the dashboard", Duration::from_secs(120), || {
-        studies(d.d())
+        d.d()
+            .studies()
             .iter()
             .filter(|s| s["state"] == "done")
             .count()
@@ -205,7 +168,7 @@ fn json_logs_carry_fields_and_no_patient_data() {
     wait_for("results at the station", Duration::from_secs(60), || {
         station.files().len() >= 3 * sent.len()
     });
-    let shown = studies(d.d());
+    let shown = d.d().studies();
     let stderr_path = data.join("tirpd.stderr");
     assert!(d.terminate(), "SIGTERM: clean exit");
     let stderr = std::fs::read_to_string(&stderr_path).unwrap();

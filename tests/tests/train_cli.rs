@@ -20,6 +20,31 @@ fn tirp(args: &[&str]) -> std::process::Output {
     out
 }
 
+/// `tirp predict` on the bundle's golden input gives the recorded golden answer (probability
+/// within its tolerance, same flag); returns the prediction.
+fn golden_is_reproduced(bundle: &Path) -> serde_json::Value {
+    let golden = tirp_firmware::bundle::check_golden(
+        &std::fs::read(bundle.join("golden.png")).unwrap(),
+        &std::fs::read(bundle.join("golden.json")).unwrap(),
+    )
+    .expect("golden pair is valid");
+    let o = tirp(&[
+        "--json",
+        "predict",
+        bundle.join("golden.png").to_str().unwrap(),
+        "--bundle",
+        bundle.to_str().unwrap(),
+    ]);
+    let p: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let prob = p["probability"].as_f64().unwrap();
+    assert!(
+        (prob - golden.probability).abs() <= golden.tolerance,
+        "{prob} vs {golden:?}"
+    );
+    assert_eq!(p["pbt"].as_bool().unwrap(), golden.flag);
+    p
+}
+
 fn train(labels: &Path, out: &Path) -> serde_json::Value {
     let study = repo_root().join("../shared/deeptirp/train.csv");
     let mut args = vec![
@@ -124,25 +149,7 @@ fn train_writes_a_complete_reproducible_bundle() {
 
     // The golden pair for the health check: `tirp predict` on the golden input gives the
     // recorded answer.
-    let golden = tirp_firmware::bundle::check_golden(
-        &std::fs::read(a.join("golden.png")).unwrap(),
-        &std::fs::read(a.join("golden.json")).unwrap(),
-    )
-    .expect("golden pair is valid");
-    let o = tirp(&[
-        "--json",
-        "predict",
-        a.join("golden.png").to_str().unwrap(),
-        "--bundle",
-        a.to_str().unwrap(),
-    ]);
-    let p: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let prob = p["probability"].as_f64().unwrap();
-    assert!(
-        (prob - golden.probability).abs() <= golden.tolerance,
-        "{prob} vs {golden:?}"
-    );
-    assert_eq!(p["pbt"].as_bool().unwrap(), golden.flag);
+    golden_is_reproduced(&a);
 
     // A non-empty output directory is not overwritten by accident.
     let o = Command::new(bin("tirp"))
@@ -221,21 +228,7 @@ fn train_localiser_completes_the_bundle(labels: &Path, a: &Path) {
     };
     check_card(&md);
     // The golden answer is the localiser path's: `tirp predict` with no ROI reproduces it.
-    let golden = tirp_firmware::bundle::check_golden(
-        &std::fs::read(a.join("golden.png")).unwrap(),
-        &std::fs::read(a.join("golden.json")).unwrap(),
-    )
-    .unwrap();
-    let o = tirp(&[
-        "--json",
-        "predict",
-        a.join("golden.png").to_str().unwrap(),
-        "--bundle",
-        a.to_str().unwrap(),
-    ]);
-    let p: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(p["roi_source"], "localiser");
-    assert!((p["probability"].as_f64().unwrap() - golden.probability).abs() <= golden.tolerance);
+    assert_eq!(golden_is_reproduced(a)["roi_source"], "localiser");
 
     // --card-only: no training (the ONNX file is untouched), one section still.
     let onnx = std::fs::read(a.join("localiser.onnx")).unwrap();

@@ -611,28 +611,7 @@ mod imp {
     #[cfg(test)]
     mod tests {
         use super::*;
-        use std::sync::Mutex;
-
-        /// A writer for the subscriber that keeps what it gets.
-        #[derive(Clone, Default)]
-        struct Buf(Arc<Mutex<Vec<u8>>>);
-
-        impl std::io::Write for Buf {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-
-        impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buf {
-            type Writer = Buf;
-            fn make_writer(&'a self) -> Buf {
-                self.clone()
-            }
-        }
+        use tirp_firmware::testlog::Buf;
 
         /// What tirpd's subscriber writes for a few events.
         fn logged(format: LogFormat, rust_log: Option<&str>, ansi: bool) -> String {
@@ -647,7 +626,7 @@ mod imp {
                 warn!(status = %format_args!("{:#06x}", 0xA900u16), "dicom-scp: C-STORE refused");
                 tracing::debug!(detail = 1, "a debug event");
             });
-            String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+            buf.contents()
         }
 
         #[test]

@@ -3,9 +3,9 @@
 //! and the evaluation report `localiser.json`.
 
 use super::Output;
+use super::progress::TrainingBars;
 use anyhow::{Context, Result, ensure};
 use clap::Args;
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 use tirp_firmware::engine::{Engine, EngineOptions};
 use tirp_firmware::ensemble::{EnsembleSpec, LocaliserSpec};
@@ -71,20 +71,6 @@ pub struct TrainLocaliserArgs {
     zoom: f32,
 }
 
-fn style(template: &str) -> ProgressStyle {
-    ProgressStyle::with_template(template)
-        .expect("progress template")
-        .progress_chars("=> ")
-}
-
-fn say(bars: &MultiProgress, line: String) {
-    if bars.is_hidden() {
-        eprintln!("{line}");
-    } else {
-        let _ = bars.println(line);
-    }
-}
-
 pub fn run(args: TrainLocaliserArgs, out: &Output) -> Result<()> {
     if args.size == 0 || !args.size.is_multiple_of(4) {
         anyhow::bail!("--size must be a positive multiple of 4, got {}", args.size);
@@ -92,10 +78,7 @@ pub fn run(args: TrainLocaliserArgs, out: &Output) -> Result<()> {
     let mut spec = EnsembleSpec::load(&args.bundle)
         .with_context(|| format!("reading the bundle spec in {}", args.bundle.display()))?;
     let table = LabelTable::load(&args.labels)?;
-    let bars = MultiProgress::new();
-    let stage = bars.add(ProgressBar::new_spinner());
-    stage.set_style(style("{spinner} {elapsed_precise} {msg}"));
-    stage.enable_steady_tick(std::time::Duration::from_millis(200));
+    let mut bars = TrainingBars::new();
     let report: localiser::LocaliserReport = if args.card_only {
         // The localiser already in the bundle: its training report, for the card steps.
         ensure!(
@@ -122,71 +105,38 @@ pub fn run(args: TrainLocaliserArgs, out: &Output) -> Result<()> {
         }
         cfg.net.input_size = args.size;
 
-        let mut current: Option<ProgressBar> = None;
         let report = localiser::train_into(
             &table,
             &args.bundle,
             spec.preprocess.low_percentile,
             spec.preprocess.high_percentile,
             &cfg,
-            &mut |e| match e {
-                RunEvent::Stage(s) => {
-                    if bars.is_hidden() {
-                        eprintln!("{s}");
-                    }
-                    stage.set_message(s.to_owned());
-                    if let Some(b) = current.take() {
-                        b.finish_and_clear();
-                    }
-                }
-                RunEvent::Letterbox { done, total } => {
-                    let b = current.get_or_insert_with(|| {
-                        let b = bars.add(ProgressBar::new(total as u64));
-                        b.set_style(style(
-                            "  letterbox [{bar:30}] {pos}/{len} {elapsed_precise}",
-                        ));
-                        b
-                    });
-                    b.set_position(done as u64);
-                }
+            &mut |e| {
+                match e {
+                RunEvent::Stage(s) => bars.stage(s),
+                RunEvent::Letterbox { done, total } => bars.count("letterbox", done, total),
                 RunEvent::Train(LocEvent::Step {
                     epoch,
                     step,
                     steps,
                     loss,
-                }) => {
-                    let b = current.get_or_insert_with(|| {
-                        let b = bars.add(ProgressBar::new(steps as u64));
-                        b.set_style(style(
-                            "  {prefix} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta} {msg}",
-                        ));
-                        b
-                    });
-                    b.set_length(steps as u64);
-                    b.set_position(step as u64 + 1);
-                    b.set_prefix(format!("localiser epoch {}", epoch + 1));
-                    b.set_message(format!("loss {loss:.3}"));
-                }
-                RunEvent::Train(LocEvent::Epoch(s)) => say(
-                    &bars,
-                    format!(
-                        "  localiser epoch {}: train loss {:.4} (focal {:.4}, offset {:.4}, log-size {:.4}), val recall@0.5 {:.4}, val mean IoU {:.4}, {:.0} s ({:.2} s/step)",
-                        s.epoch + 1,
-                        s.train_loss,
-                        s.train_focal,
-                        s.train_offset,
-                        s.train_size,
-                        s.val_recall50,
-                        s.val_mean_iou,
-                        s.seconds,
-                        s.seconds_per_step
-                    ),
-                ),
+                }) => bars.step(format!("localiser epoch {}", epoch + 1), step, steps, loss),
+                RunEvent::Train(LocEvent::Epoch(s)) => bars.say(format!(
+                    "  localiser epoch {}: train loss {:.4} (focal {:.4}, offset {:.4}, log-size {:.4}), val recall@0.5 {:.4}, val mean IoU {:.4}, {:.0} s ({:.2} s/step)",
+                    s.epoch + 1,
+                    s.train_loss,
+                    s.train_focal,
+                    s.train_offset,
+                    s.train_size,
+                    s.val_recall50,
+                    s.val_mean_iou,
+                    s.seconds,
+                    s.seconds_per_step
+                )),
+            }
             },
         )?;
-        if let Some(b) = current.take() {
-            b.finish_and_clear();
-        }
+        bars.end_bar();
         spec.localiser = Some(LocaliserSpec {
             file: report.file.clone(),
             input_size: report.input_size as u32,
@@ -204,7 +154,7 @@ pub fn run(args: TrainLocaliserArgs, out: &Output) -> Result<()> {
     if !args.no_card && card.is_file() {
         // The bundle now localises: its golden answer is the localiser path's, and the card
         // gets the task-effect and latency figures.
-        stage.set_message("golden pair through the localiser");
+        bars.stage("golden pair, task effect and latency for the model card");
         super::train::write_golden(&table, &args.bundle)?;
         let engine = Engine::load(
             &args.bundle,
@@ -238,7 +188,7 @@ pub fn run(args: TrainLocaliserArgs, out: &Output) -> Result<()> {
     if !args.no_card && card.is_file() {
         modelcard::add_localiser(&args.bundle, &value)?;
     }
-    stage.finish_and_clear();
+    bars.finish();
     out.emit(&value, || {
         let line = |name: &str, r: &localiser::SplitReport| {
             format!(

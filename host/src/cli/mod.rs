@@ -6,6 +6,7 @@ pub mod cohort;
 pub mod device;
 pub mod localiser;
 pub mod predict;
+pub mod progress;
 pub mod station;
 pub mod train;
 

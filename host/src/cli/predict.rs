@@ -503,17 +503,9 @@ pub fn run_eval(args: EvalArgs, out: &Output) -> Result<()> {
     w.flush()?;
     t.flush()?;
 
-    let truth: Vec<bool> = records
-        .iter()
-        .map(|r| r.label == tirp_firmware::clinical::Label::Pbt)
-        .collect();
+    let truth: Vec<bool> = records.iter().map(|r| is_pbt(r)).collect();
     let n_pos = truth.iter().filter(|&&v| v).count();
-    let auc_of = |scores: Vec<f64>| -> Value {
-        match roc::auc_delong_ci(&scores, &truth, 0.95) {
-            Ok(ci) => json!({"auc": ci.auc, "ci_low": ci.low, "ci_high": ci.high}),
-            Err(e) => json!({"auc": null, "why": e.to_string()}),
-        }
-    };
+    let auc_of = |scores: Vec<f64>| auc_json(&scores, &truth);
     let mut aucs = serde_json::Map::new();
     aucs.insert(
         "ensemble".into(),
@@ -639,6 +631,18 @@ pub fn run_eval(args: EvalArgs, out: &Output) -> Result<()> {
     Ok(())
 }
 
+/// AUC with its DeLong 95% CI as JSON (`auc: null` and why, when it cannot be computed).
+fn auc_json(scores: &[f64], truth: &[bool]) -> Value {
+    match roc::auc_delong_ci(scores, truth, 0.95) {
+        Ok(ci) => json!({"auc": ci.auc, "ci_low": ci.low, "ci_high": ci.high}),
+        Err(e) => json!({"auc": null, "why": e.to_string()}),
+    }
+}
+
+fn is_pbt(r: &tirp_models::table::Record) -> bool {
+    r.label == tirp_firmware::clinical::Label::Pbt
+}
+
 /// What the localiser did on `records` (`preds`, one per record, automatic boxes): review
 /// count and keys, IoU with the table's boxes where it has them, and — given `recorded`, the
 /// predictions with the recorded boxes on the localised (non-review) records in order — the
@@ -664,16 +668,8 @@ pub(crate) fn localiser_summary(
         .filter(|(_, p)| !p.review)
         .map(|(r, p)| (*r, p.probability as f64))
         .unzip();
-    let truth: Vec<bool> = kept
-        .iter()
-        .map(|r| r.label == tirp_firmware::clinical::Label::Pbt)
-        .collect();
-    let auc_of = |scores: &[f64]| -> Value {
-        match roc::auc_delong_ci(scores, &truth, 0.95) {
-            Ok(ci) => json!({"auc": ci.auc, "ci_low": ci.low, "ci_high": ci.high}),
-            Err(e) => json!({"auc": null, "why": e.to_string()}),
-        }
-    };
+    let truth: Vec<bool> = kept.iter().map(|r| is_pbt(r)).collect();
+    let auc_of = |scores: &[f64]| auc_json(scores, &truth);
     let auto_auc = auc_of(&auto);
     let recorded_auc = recorded.map(|r| {
         assert_eq!(
@@ -743,15 +739,9 @@ pub(crate) fn localiser_effect(
         &format!("{what}: whole image"),
     )?;
     let mut v = localiser_summary(records, &auto, Some(&recorded));
-    let truth: Vec<bool> = localised
-        .iter()
-        .map(|r| r.label == tirp_firmware::clinical::Label::Pbt)
-        .collect();
+    let truth: Vec<bool> = localised.iter().map(|r| is_pbt(r)).collect();
     let scores: Vec<f64> = whole.iter().map(|p| p.probability as f64).collect();
-    v["ensemble_auc_whole_image"] = match roc::auc_delong_ci(&scores, &truth, 0.95) {
-        Ok(ci) => json!({"auc": ci.auc, "ci_low": ci.low, "ci_high": ci.high}),
-        Err(e) => json!({"auc": null, "why": e.to_string()}),
-    };
+    v["ensemble_auc_whole_image"] = auc_json(&scores, &truth);
     Ok(v)
 }
 

@@ -2,9 +2,9 @@
 //! writes its model card.
 
 use super::Output;
+use super::progress::TrainingBars;
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use tirp_firmware::bundle::GoldenOutput;
 use tirp_firmware::engine::{ClinicalInput, Engine, EngineOptions, Explain};
@@ -82,15 +82,6 @@ fn parse_members(s: &str) -> Result<Vec<MemberPlan>> {
         .collect()
 }
 
-/// A line above the bars, or on stderr when they are hidden (not a terminal: CI, logs).
-fn say(bars: &MultiProgress, line: String) {
-    if bars.is_hidden() {
-        eprintln!("{line}");
-    } else {
-        let _ = bars.println(line);
-    }
-}
-
 /// The health check's golden pair: a validation radiograph stored MONOCHROME2 (copied as
 /// is) and the engine's answer on it (no ROI given: the bundle's localiser when it has one,
 /// else the whole image; clinical inputs missing), so a box can
@@ -117,12 +108,6 @@ pub(crate) fn write_golden(table: &LabelTable, dir: &Path) -> Result<()> {
     std::fs::write(dir.join(GOLDEN_INPUT), &input)?;
     std::fs::write(dir.join(GOLDEN_OUTPUT), serde_json::to_vec_pretty(&golden)?)?;
     Ok(())
-}
-
-fn style(template: &str) -> ProgressStyle {
-    ProgressStyle::with_template(template)
-        .expect("progress template")
-        .progress_chars("=> ")
 }
 
 pub fn run(args: TrainArgs, out: &Output) -> Result<()> {
@@ -152,11 +137,7 @@ pub fn run(args: TrainArgs, out: &Output) -> Result<()> {
         None => None,
     };
 
-    let bars = MultiProgress::new();
-    let stage = bars.add(ProgressBar::new_spinner());
-    stage.set_style(style("{spinner} {elapsed_precise} {msg}"));
-    stage.enable_steady_tick(std::time::Duration::from_millis(200));
-    let mut current: Option<ProgressBar> = None;
+    let mut bars = TrainingBars::new();
     let threshold = |s: &[f32], y: &[f32]| {
         // Youden on validation; a degenerate validation set falls back to ½.
         modelcard::youden_threshold(s, y).map_or(0.5, |t| t as f32)
@@ -167,59 +148,26 @@ pub fn run(args: TrainArgs, out: &Output) -> Result<()> {
         &args.out,
         &threshold,
         &mut |e| match e {
-            PipelineEvent::Stage(s) => {
-                if bars.is_hidden() {
-                    eprintln!("{s}");
-                }
-                stage.set_message(s.to_owned());
-                if let Some(b) = current.take() {
-                    b.finish_and_clear();
-                }
-            }
-            PipelineEvent::Crops { done, total } => {
-                let b = current.get_or_insert_with(|| {
-                    let b = bars.add(ProgressBar::new(total as u64));
-                    b.set_style(style("  crops [{bar:30}] {pos}/{len} {elapsed_precise}"));
-                    b
-                });
-                b.set_position(done as u64);
-            }
+            PipelineEvent::Stage(s) => bars.stage(s),
+            PipelineEvent::Crops { done, total } => bars.count("crops", done, total),
             PipelineEvent::Member { kind, event } => match event {
                 TrainEvent::Step {
                     epoch,
                     step,
                     steps,
                     loss,
-                } => {
-                    let b = current.get_or_insert_with(|| {
-                        let b = bars.add(ProgressBar::new(steps as u64));
-                        b.set_style(style(
-                            "  {prefix} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta} {msg}",
-                        ));
-                        b
-                    });
-                    b.set_length(steps as u64);
-                    b.set_position(step as u64 + 1);
-                    b.set_prefix(format!("{kind} epoch {}", epoch + 1));
-                    b.set_message(format!("loss {loss:.3}"));
-                }
-                TrainEvent::Epoch(stats) => {
-                    say(
-                        &bars,
-                        format!(
-                            "  {kind} epoch {}: train loss {:.4}, val loss {:.4}, val AUC {:.4}, {:.0} s",
-                            stats.epoch + 1,
-                            stats.train_loss,
-                            stats.val_loss,
-                            stats.val_auc,
-                            stats.seconds
-                        ),
-                    );
-                }
+                } => bars.step(format!("{kind} epoch {}", epoch + 1), step, steps, loss),
+                TrainEvent::Epoch(stats) => bars.say(format!(
+                    "  {kind} epoch {}: train loss {:.4}, val loss {:.4}, val AUC {:.4}, {:.0} s",
+                    stats.epoch + 1,
+                    stats.train_loss,
+                    stats.val_loss,
+                    stats.val_auc,
+                    stats.seconds
+                )),
             },
             PipelineEvent::MemberDone(r) => {
-                say(
-                    &bars,
+                bars.say(
                     format!(
                         "  {}: best epoch {} (val AUC {:.4}), {:.0} s, tract parity {:.1e} (f32) {:.1e} (int8)",
                         r.kind,
@@ -233,10 +181,7 @@ pub fn run(args: TrainArgs, out: &Output) -> Result<()> {
             }
         },
     )?;
-    if let Some(b) = current.take() {
-        b.finish_and_clear();
-    }
-    stage.finish_and_clear();
+    bars.finish();
     write_golden(&table, &args.out)?;
     let card = ModelCard::build(trained, &args.labels, &args.out, study)?;
     card.write(&args.out)?;
