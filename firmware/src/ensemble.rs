@@ -92,6 +92,10 @@ pub struct LocaliserSpec {
     /// ([`crate::localise::zoom_window`]); absent: the first pass's box is kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zoom: Option<f32>,
+    /// The zoom pass averages its box over the window and its mirror images
+    /// ([`crate::localise::MIRRORS`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub zoom_flips: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -494,10 +494,16 @@ pub fn localiser_markdown(l: &serde_json::Value) -> String {
     let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
     let pct = |v: &serde_json::Value| format!("{:.1}%", 100.0 * f(v));
     let mut md = String::from(LOCALISER_HEADING);
+    let flips = if l["zoom_flips"].as_bool() == Some(true) {
+        " (the mean box of the window and its three mirror images)"
+    } else {
+        ""
+    };
     let zoom = match l["zoom"].as_f64() {
         Some(z) => format!(
             " Zoom pass: the same graph again on a square window {z}× the first box's longer \
-             side; the final box is the window's, whether a lesion was found is the first pass's."
+             side; the final box is the window's{flips}, whether a lesion was found is the \
+             first pass's."
         ),
         None => " No zoom pass.".to_owned(),
     };

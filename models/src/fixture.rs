@@ -71,6 +71,8 @@ pub struct FixtureLocaliser {
     pub min_confidence: f32,
     /// The spec's zoom pass factor (`None`: first pass only).
     pub zoom: Option<f32>,
+    /// The spec's `zoom_flips`.
+    pub zoom_flips: bool,
 }
 
 impl Default for FixtureLocaliser {
@@ -80,6 +82,7 @@ impl Default for FixtureLocaliser {
             box_side: 20.0,
             min_confidence: 0.5,
             zoom: None,
+            zoom_flips: false,
         }
     }
 }
@@ -399,6 +402,7 @@ pub fn write_bundle(dir: &Path, cfg: &FixtureConfig) -> Result<Fixture, FixtureE
                     std: LOCALISER_STD,
                     min_confidence: l.min_confidence,
                     zoom: l.zoom,
+                    zoom_flips: l.zoom_flips,
                 })
             }
         },

@@ -48,6 +48,11 @@ pub enum LocaliserError {
     NoBox { path: PathBuf },
     #[error("no radiographs in the {0} split")]
     Empty(&'static str),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Train(#[from] TrainError),
     #[error("exporting the localiser: {0}")]
@@ -547,6 +552,10 @@ pub struct LocaliserTrainConfig {
     pub weight_decay: f32,
     /// The zoom pass's factor (`localise::zoom_window`); `None`: one pass on the whole image.
     pub zoom: Option<f32>,
+    /// The final scoring and the spec average the zoom pass over the window's mirror images
+    /// (`localise::MIRRORS`). Epoch selection scores the single zoom pass (4× cheaper).
+    #[serde(default)]
+    pub zoom_flips: bool,
     pub augment: Augment,
     pub net: LocaliserConfig,
 }
@@ -561,6 +570,7 @@ impl Default for LocaliserTrainConfig {
             warmup_steps: 30,
             weight_decay: 1e-4,
             zoom: Some(4.0),
+            zoom_flips: true,
             augment: Augment::default(),
             net: LocaliserConfig::default(),
         }
@@ -724,6 +734,8 @@ impl Scored {
 pub struct ZoomEval<'a> {
     pub images: &'a Radiographs,
     pub zoom: f32,
+    /// Average the zoom pass over the window's mirror images (`localise::MIRRORS`).
+    pub flips: bool,
     pub low_percentile: f32,
     pub high_percentile: f32,
     pub mean: f32,
@@ -774,25 +786,42 @@ pub fn score(
                 })
         })
         .collect::<Result<_, _>>()?;
-    let mut second = LetterboxSet::empty(set.side);
-    for (lb, w) in inputs.iter().zip(&windows) {
-        let x: Vec<f32> = lb.pixels.iter().map(|v| (v - z.mean) / z.std).collect();
-        // The box is not used for decoding; keep the set's invariants.
-        let dummy = Roi {
-            x: 0,
-            y: 0,
-            w: 1,
-            h: 1,
-        };
-        second.push(&x, lb.scale, w.side, w.side, dummy);
-    }
-    for chunk in idx.chunks(batch.max(1)) {
-        let m = maps(&second, chunk)?;
-        for (k, &i) in chunk.iter().enumerate() {
-            let d = decode_one(&m, k, &second, i);
-            let roi = localise::from_window(d.roi, windows[i]);
-            s.iou.push(localise::iou(roi, set.roi[i]));
+    let mirrors = if z.flips {
+        &localise::MIRRORS[..]
+    } else {
+        &localise::MIRRORS[..1]
+    };
+    // Boxes per image, in window pixels, one per mirror image (as the engine does).
+    let mut boxes: Vec<Vec<Roi>> = vec![Vec::with_capacity(mirrors.len()); set.len()];
+    for &(h, v) in mirrors {
+        let mut second = LetterboxSet::empty(set.side);
+        for (lb, w) in inputs.iter().zip(&windows) {
+            let x: Vec<f32> = localise::mirror(lb, h, v)
+                .pixels
+                .iter()
+                .map(|p| (p - z.mean) / z.std)
+                .collect();
+            // The box is not used for decoding; keep the set's invariants.
+            let dummy = Roi {
+                x: 0,
+                y: 0,
+                w: 1,
+                h: 1,
+            };
+            second.push(&x, lb.scale, w.side, w.side, dummy);
         }
+        for chunk in idx.chunks(batch.max(1)) {
+            let m = maps(&second, chunk)?;
+            for (k, &i) in chunk.iter().enumerate() {
+                let d = decode_one(&m, k, &second, i);
+                let side = windows[i].side;
+                boxes[i].push(localise::unmirror(d.roi, h, v, side, side));
+            }
+        }
+    }
+    for (i, b) in boxes.iter().enumerate() {
+        let roi = localise::from_window(localise::mean_box(b), windows[i]);
+        s.iou.push(localise::iou(roi, set.roi[i]));
     }
     Ok(s)
 }
@@ -1016,6 +1045,9 @@ pub struct LocaliserReport {
     pub min_confidence: f32,
     /// The zoom pass's factor, as in the spec.
     pub zoom: Option<f32>,
+    /// Whether the zoom pass averages over mirror images, as in the spec.
+    #[serde(default)]
+    pub zoom_flips: bool,
     pub seed: u64,
     pub epochs: usize,
     pub best_epoch: usize,
@@ -1045,6 +1077,30 @@ pub enum RunEvent<'a> {
     Train(LocEvent<'a>),
 }
 
+/// Loads the radiographs of each split, reporting progress over all of them.
+fn load_splits(
+    records: &[Vec<&Record>],
+    on: &mut (dyn FnMut(RunEvent) + Send),
+) -> Result<Vec<Radiographs>, LocaliserError> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    on(RunEvent::Stage("letterboxing radiographs"));
+    let total: usize = records.iter().map(Vec::len).sum();
+    let done = AtomicUsize::new(0);
+    let progress = std::sync::Mutex::new(on);
+    let tick = || {
+        let d = done.fetch_add(1, Ordering::Relaxed) + 1;
+        if (d.is_multiple_of(32) || d == total)
+            && let Ok(mut f) = progress.try_lock()
+        {
+            f(RunEvent::Letterbox { done: d, total });
+        }
+    };
+    records
+        .iter()
+        .map(|r| Radiographs::load(r, &tick))
+        .collect()
+}
+
 /// Trains on split train, selects on val, exports `localiser.onnx` into `dir`, evaluates the
 /// file in tract on val/test/external and returns the report (the caller writes the spec).
 pub fn train_into(
@@ -1056,7 +1112,6 @@ pub fn train_into(
     on: &mut (dyn FnMut(RunEvent) + Send),
 ) -> Result<LocaliserReport, LocaliserError> {
     use crate::table::Split;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     let side = cfg.net.input_size as u32;
     let splits = [
         Split::Train,
@@ -1070,23 +1125,8 @@ pub fn train_into(
             return Err(LocaliserError::Empty(name));
         }
     }
-    on(RunEvent::Stage("letterboxing radiographs"));
     let load_start = Instant::now();
-    let total: usize = records.iter().map(Vec::len).sum();
-    let done = AtomicUsize::new(0);
-    let progress = std::sync::Mutex::new(&mut *on);
-    let tick = || {
-        let d = done.fetch_add(1, Ordering::Relaxed) + 1;
-        if (d.is_multiple_of(32) || d == total)
-            && let Ok(mut f) = progress.try_lock()
-        {
-            f(RunEvent::Letterbox { done: d, total });
-        }
-    };
-    let mut images = Vec::new();
-    for r in &records {
-        images.push(Radiographs::load(r, &tick)?);
-    }
+    let images = load_splits(&records, on)?;
     let mut sets = Vec::new();
     for im in &images {
         sets.push(LetterboxSet::from_images(
@@ -1104,12 +1144,14 @@ pub fn train_into(
         cfg.zoom.map(|zoom| ZoomEval {
             images: im,
             zoom,
+            flips: false,
             low_percentile,
             high_percentile,
             mean,
             std,
         })
     };
+    // Epoch selection: the single zoom pass.
     let zooms: Vec<Option<ZoomEval>> = images.iter().map(zoom_of).collect();
     let sample_spec = SampleSpec {
         side,
@@ -1162,13 +1204,16 @@ pub fn train_into(
     let t = TractMember::load(&bytes, cfg.net.input_size)?;
     let probe: Vec<usize> = (0..val.len().min(16)).collect();
     let tract_parity = parity(&trained.model, &t, &val, &probe)?;
-    let eval = |set: &LetterboxSet, z: Option<&ZoomEval>| {
-        score(set, 32, z, |s, idx| Ok(tract_maps(&t, s, idx)?))
-    };
-    let val_s = eval(&val, zooms[1].as_ref())?;
-    let min_confidence = choose_min_confidence(&val_s);
-    let test_s = eval(&test, zooms[2].as_ref())?;
-    let ext_s = eval(&external, zooms[3].as_ref())?;
+    let held_out = [&val, &test, &external];
+    let zoom = cfg.zoom.map(|zoom| (zoom, cfg.zoom_flips));
+    let (min_confidence, [validation, internal_test, external_r]) = evaluate(
+        &t,
+        held_out,
+        [&images[1], &images[2], &images[3]],
+        zoom,
+        (low_percentile, high_percentile),
+        (mean, std),
+    )?;
     Ok(LocaliserReport {
         architecture: cfg.net.describe(),
         params: trained.model.num_params(),
@@ -1179,6 +1224,7 @@ pub fn train_into(
         std,
         min_confidence,
         zoom: cfg.zoom,
+        zoom_flips: cfg.zoom.is_some() && cfg.zoom_flips,
         seed: cfg.seed,
         epochs: cfg.epochs,
         best_epoch: trained.best_epoch,
@@ -1191,11 +1237,110 @@ pub fn train_into(
             external: external.len(),
         },
         tract_parity,
-        validation: SplitReport::new(&val_s, min_confidence),
-        internal_test: SplitReport::new(&test_s, min_confidence),
-        external: SplitReport::new(&ext_s, min_confidence),
+        validation,
+        internal_test,
+        external: external_r,
         config: cfg.clone(),
         history: trained.history,
+    })
+}
+
+/// Scores the exported localiser `t` as the engine runs it on the held-out splits
+/// (validation, internal test, external; standardised letterboxed inputs and their
+/// radiographs), with the zoom pass `(factor, flips)`; the minimum confidence is chosen on
+/// validation.
+fn evaluate(
+    t: &TractMember,
+    sets: [&LetterboxSet; 3],
+    images: [&Radiographs; 3],
+    zoom: Option<(f32, bool)>,
+    (low_percentile, high_percentile): (f32, f32),
+    (mean, std): (f32, f32),
+) -> Result<(f32, [SplitReport; 3]), LocaliserError> {
+    let mut scored = Vec::with_capacity(3);
+    for (set, im) in sets.into_iter().zip(images) {
+        let z = zoom.map(|(zoom, flips)| ZoomEval {
+            images: im,
+            zoom,
+            flips,
+            low_percentile,
+            high_percentile,
+            mean,
+            std,
+        });
+        scored.push(score(set, 32, z.as_ref(), |s, idx| {
+            Ok(tract_maps(t, s, idx)?)
+        })?);
+    }
+    let min_confidence = choose_min_confidence(&scored[0]);
+    Ok((
+        min_confidence,
+        [0, 1, 2].map(|k| SplitReport::new(&scored[k], min_confidence)),
+    ))
+}
+
+/// Re-scores a bundle's trained localiser (`report`, its training report) on the held-out
+/// splits with the zoom pass's mirror averaging on or off: the split figures, the minimum
+/// confidence and `zoom_flips` change; what training recorded stays.
+pub fn rescore(
+    table: &crate::table::LabelTable,
+    dir: &std::path::Path,
+    (low_percentile, high_percentile): (f32, f32),
+    report: &LocaliserReport,
+    zoom_flips: bool,
+    on: &mut (dyn FnMut(RunEvent) + Send),
+) -> Result<LocaliserReport, LocaliserError> {
+    use crate::table::Split;
+    let path = dir.join(&report.file);
+    let bytes = std::fs::read(&path).map_err(|source| LocaliserError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let t = TractMember::load(&bytes, report.input_size)?;
+    let records: Vec<Vec<&Record>> = [Split::Validation, Split::Test, Split::External]
+        .iter()
+        .map(|&s| table.split(s))
+        .collect();
+    for (r, name) in records.iter().zip(["val", "test", "external"]) {
+        if r.is_empty() {
+            return Err(LocaliserError::Empty(name));
+        }
+    }
+    let images = load_splits(&records, on)?;
+    let mut sets = images
+        .iter()
+        .map(|im| {
+            LetterboxSet::from_images(
+                im,
+                report.input_size as u32,
+                low_percentile,
+                high_percentile,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    sets.iter_mut()
+        .for_each(|s| s.standardise(report.mean, report.std));
+    on(RunEvent::Stage("scoring in tract"));
+    let flips = report.zoom.is_some() && zoom_flips;
+    let (min_confidence, [validation, internal_test, external]) = evaluate(
+        &t,
+        [&sets[0], &sets[1], &sets[2]],
+        [&images[0], &images[1], &images[2]],
+        report.zoom.map(|z| (z, flips)),
+        (low_percentile, high_percentile),
+        (report.mean, report.std),
+    )?;
+    Ok(LocaliserReport {
+        min_confidence,
+        zoom_flips: flips,
+        validation,
+        internal_test,
+        external,
+        config: LocaliserTrainConfig {
+            zoom_flips: flips,
+            ..report.config.clone()
+        },
+        ..report.clone()
     })
 }
 
@@ -1532,6 +1677,7 @@ mod tests {
         let z = ZoomEval {
             images: &images,
             zoom: 4.0,
+            flips: false,
             low_percentile: 0.01,
             high_percentile: 0.99,
             mean: 0.0,

@@ -196,6 +196,48 @@ fn the_zoom_pass_tightens_the_box_inside_its_window() {
     assert!(!r.localised() && r.window.is_none());
 }
 
+/// With `zoom_flips` the zoom pass also runs on the window's mirror images and keeps the mean
+/// box: the fixture localiser follows the bright square into each mirror image, so every
+/// look maps back onto the same lesion and the mean box is the single pass's, give or take
+/// rounding. The lesion sits off the window's centre (the window is shifted to stay inside
+/// the image), so a box left mirrored would land tens of pixels away.
+#[test]
+fn the_zoom_passes_on_mirror_images_map_back_onto_the_lesion() {
+    let engine = |zoom_flips: bool, dir: &std::path::Path| {
+        let cfg = FixtureConfig {
+            localiser: Some(FixtureLocaliser {
+                zoom: Some(3.0),
+                zoom_flips,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        fixture::write_bundle(dir, &cfg).unwrap();
+        Engine::load(dir, &opts()).unwrap()
+    };
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (single, flips) = (engine(false, d1.path()), engine(true, d2.path()));
+    let img = blob_image(BLOB, 8);
+    let a = single.localise(&img).unwrap().unwrap();
+    let b = flips.localise(&img).unwrap().unwrap();
+    assert_eq!(a.window, b.window);
+    assert_eq!(a.confidence, b.confidence);
+    let w = b.window.expect("the zoom pass ran");
+    let centre = |start: u32, len: u32| start as f32 + len as f32 / 2.0;
+    let off = (centre(BLOB.x, BLOB.w) - centre(w.x, w.side))
+        .abs()
+        .max((centre(BLOB.y, BLOB.h) - centre(w.y, w.side)).abs());
+    assert!(off >= 15.0, "lesion {off} px off the window's centre");
+    let near = |p: u32, q: u32| p.abs_diff(q) <= 2;
+    assert!(
+        near(a.roi.x, b.roi.x) && near(a.roi.y, b.roi.y) && near(a.roi.w, b.roi.w),
+        "{a:?} vs {b:?}"
+    );
+    assert!(tirp_firmware::localise::iou(b.roi, BLOB) > 0.6, "{b:?}");
+    let spec = EnsembleSpec::load(d2.path()).unwrap();
+    assert!(spec.localiser.unwrap().zoom_flips);
+}
+
 #[test]
 fn a_callers_roi_wins_and_the_localiser_does_not_run() {
     let dir = tempfile::tempdir().unwrap();

@@ -166,7 +166,8 @@ fn train_writes_a_complete_reproducible_bundle() {
 /// `tirp train-localiser` into the trained bundle: the localiser file and spec entry (zoom
 /// pass on), the report with the task effect and latency, the model card's localiser section
 /// and file hashes, and a golden pair the localiser path reproduces; `--card-only` redoes the
-/// card steps without training and leaves one localiser section.
+/// card steps without training, re-scoring the localiser as training did (or, with
+/// `--zoom-flips false`, with the single zoom pass), and leaves one localiser section.
 fn train_localiser_completes_the_bundle(labels: &Path, a: &Path) {
     let run = |extra: &[&str]| -> serde_json::Value {
         let mut args = vec![
@@ -183,7 +184,8 @@ fn train_localiser_completes_the_bundle(labels: &Path, a: &Path) {
     let r = run(&["--epochs", "1", "--size", "32", "--batch", "8"]);
     let spec = EnsembleSpec::load(a).unwrap();
     let l = spec.localiser.as_ref().expect("the spec has the localiser");
-    assert_eq!((l.input_size, l.zoom), (32, Some(4.0)));
+    assert_eq!((l.input_size, l.zoom, l.zoom_flips), (32, Some(4.0), true));
+    assert_eq!(r["zoom_flips"], true);
     assert!(a.join(&l.file).is_file());
     for split in ["internal test", "external"] {
         let e = &r["task_effect"][split];
@@ -204,7 +206,7 @@ fn train_localiser_completes_the_bundle(labels: &Path, a: &Path) {
     let card_json = || -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(a.join("model_card.json")).unwrap()).unwrap()
     };
-    let check_card = |md: &str| {
+    let check_card = |md: &str, r: &serde_json::Value| {
         assert_eq!(md.matches("## Lesion localiser").count(), 1, "{md}");
         assert_eq!(md.matches("## Files").count(), 1, "{md}");
         assert!(md.find("## Lesion localiser") < md.find("## Files"));
@@ -226,7 +228,8 @@ fn train_localiser_completes_the_bundle(labels: &Path, a: &Path) {
         }
         assert_eq!(card["localiser"]["task_effect"], r["task_effect"]);
     };
-    check_card(&md);
+    check_card(&md, &r);
+    assert!(md.contains("three mirror images"), "{md}");
     // The golden answer is the localiser path's: `tirp predict` with no ROI reproduces it.
     assert_eq!(golden_is_reproduced(a)["roi_source"], "localiser");
 
@@ -234,8 +237,33 @@ fn train_localiser_completes_the_bundle(labels: &Path, a: &Path) {
     let onnx = std::fs::read(a.join("localiser.onnx")).unwrap();
     let again = run(&["--card-only"]);
     assert_eq!(std::fs::read(a.join("localiser.onnx")).unwrap(), onnx);
-    assert_eq!(again["task_effect"], r["task_effect"]);
-    check_card(&std::fs::read_to_string(a.join("MODEL_CARD.md")).unwrap());
+    for k in [
+        "task_effect",
+        "validation",
+        "internal_test",
+        "external",
+        "min_confidence",
+        "history",
+    ] {
+        assert_eq!(again[k], r[k], "{k}");
+    }
+    check_card(
+        &std::fs::read_to_string(a.join("MODEL_CARD.md")).unwrap(),
+        &again,
+    );
+    // Re-scored with the single zoom pass: the spec follows, training's record stays.
+    let single = run(&["--card-only", "--zoom-flips", "false"]);
+    assert_eq!(single["zoom_flips"], false);
+    assert_eq!(single["config"]["zoom_flips"], false);
+    assert!(!EnsembleSpec::load(a).unwrap().localiser.unwrap().zoom_flips);
+    assert_eq!(single["history"], r["history"]);
+    assert_eq!(
+        single["validation"]["first_pass_mean_iou"],
+        r["validation"]["first_pass_mean_iou"]
+    );
+    let md = std::fs::read_to_string(a.join("MODEL_CARD.md")).unwrap();
+    check_card(&md, &single);
+    assert!(!md.contains("three mirror images"), "{md}");
 }
 
 #[test]

@@ -525,8 +525,25 @@ impl Engine {
         {
             let w = localise::zoom_window(first.roi, zoom, image.width, image.height);
             let zl = localise::zoom_input(image, w, spec.input_size, lo, hi)?;
-            let d = self.run_localiser(plan, spec, &zl, w.side, w.side)?;
-            roi = localise::from_window(d.roi, w);
+            let mirrors = if spec.zoom_flips {
+                &localise::MIRRORS[..]
+            } else {
+                &localise::MIRRORS[..1]
+            };
+            let boxes = mirrors
+                .iter()
+                .map(|&(h, v)| {
+                    let d = self.run_localiser(
+                        plan,
+                        spec,
+                        &localise::mirror(&zl, h, v),
+                        w.side,
+                        w.side,
+                    )?;
+                    Ok(localise::unmirror(d.roi, h, v, w.side, w.side))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            roi = localise::from_window(localise::mean_box(&boxes), w);
             window = Some(w);
         }
         Ok(Some(LocaliserReport {

@@ -4,7 +4,7 @@
 
 use super::Output;
 use super::progress::TrainingBars;
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 use tirp_firmware::engine::{Engine, EngineOptions};
@@ -69,6 +69,10 @@ pub struct TrainLocaliserArgs {
     /// The zoom pass's window, as a multiple of the first box's longer side (0: no zoom pass).
     #[arg(long, default_value_t = LocaliserTrainConfig::default().zoom.unwrap_or(0.0))]
     zoom: f32,
+    /// Average the zoom pass's box over the window and its three mirror images (4 zoom passes
+    /// instead of 1). With `--card-only` the bundle's localiser is re-scored this way.
+    #[arg(long, default_value_t = LocaliserTrainConfig::default().zoom_flips, action = clap::ArgAction::Set)]
+    zoom_flips: bool,
 }
 
 pub fn run(args: TrainLocaliserArgs, out: &Output) -> Result<()> {
@@ -79,18 +83,62 @@ pub fn run(args: TrainLocaliserArgs, out: &Output) -> Result<()> {
         .with_context(|| format!("reading the bundle spec in {}", args.bundle.display()))?;
     let table = LabelTable::load(&args.labels)?;
     let mut bars = TrainingBars::new();
+    let percentiles = (
+        spec.preprocess.low_percentile,
+        spec.preprocess.high_percentile,
+    );
+    let mut on_event = |e: RunEvent| {
+        match e {
+        RunEvent::Stage(s) => bars.stage(s),
+        RunEvent::Letterbox { done, total } => bars.count("letterbox", done, total),
+        RunEvent::Train(LocEvent::Step {
+            epoch,
+            step,
+            steps,
+            loss,
+        }) => bars.step(format!("localiser epoch {}", epoch + 1), step, steps, loss),
+        RunEvent::Train(LocEvent::Epoch(s)) => bars.say(format!(
+            "  localiser epoch {}: train loss {:.4} (focal {:.4}, offset {:.4}, log-size {:.4}), val recall@0.5 {:.4}, val mean IoU {:.4}, {:.0} s ({:.2} s/step)",
+            s.epoch + 1,
+            s.train_loss,
+            s.train_focal,
+            s.train_offset,
+            s.train_size,
+            s.val_recall50,
+            s.val_mean_iou,
+            s.seconds,
+            s.seconds_per_step
+        )),
+    }
+    };
     let report: localiser::LocaliserReport = if args.card_only {
-        // The localiser already in the bundle: its training report, for the card steps.
-        ensure!(
-            spec.localiser.is_some(),
-            "--card-only: {} has no localiser in its spec",
-            args.bundle.display()
-        );
+        // The localiser already in the bundle: its training report, re-scored on the
+        // held-out splits with the zoom pass asked for, for the card steps.
+        let Some(l) = spec.localiser.as_mut() else {
+            anyhow::bail!(
+                "--card-only: {} has no localiser in its spec",
+                args.bundle.display()
+            );
+        };
         let path = args.bundle.join(localiser::REPORT_FILE);
-        serde_json::from_slice(
+        let trained: localiser::LocaliserReport = serde_json::from_slice(
             &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
         )
-        .with_context(|| format!("{}: not a localiser report", path.display()))?
+        .with_context(|| format!("{}: not a localiser report", path.display()))?;
+        let report = localiser::rescore(
+            &table,
+            &args.bundle,
+            percentiles,
+            &trained,
+            args.zoom_flips,
+            &mut on_event,
+        )?;
+        bars.end_bar();
+        l.min_confidence = report.min_confidence;
+        l.zoom_flips = report.zoom_flips;
+        spec.save(&args.bundle)
+            .with_context(|| format!("writing the spec in {}", args.bundle.display()))?;
+        report
     } else {
         let mut cfg = LocaliserTrainConfig {
             seed: args.seed,
@@ -98,6 +146,7 @@ pub fn run(args: TrainLocaliserArgs, out: &Output) -> Result<()> {
             batch_size: args.batch,
             lr: args.lr,
             zoom: (args.zoom > 0.0).then_some(args.zoom),
+            zoom_flips: args.zoom_flips,
             ..Default::default()
         };
         if !args.zoom.is_finite() || args.zoom < 0.0 || (args.zoom > 0.0 && args.zoom < 1.5) {
@@ -108,33 +157,10 @@ pub fn run(args: TrainLocaliserArgs, out: &Output) -> Result<()> {
         let report = localiser::train_into(
             &table,
             &args.bundle,
-            spec.preprocess.low_percentile,
-            spec.preprocess.high_percentile,
+            percentiles.0,
+            percentiles.1,
             &cfg,
-            &mut |e| {
-                match e {
-                RunEvent::Stage(s) => bars.stage(s),
-                RunEvent::Letterbox { done, total } => bars.count("letterbox", done, total),
-                RunEvent::Train(LocEvent::Step {
-                    epoch,
-                    step,
-                    steps,
-                    loss,
-                }) => bars.step(format!("localiser epoch {}", epoch + 1), step, steps, loss),
-                RunEvent::Train(LocEvent::Epoch(s)) => bars.say(format!(
-                    "  localiser epoch {}: train loss {:.4} (focal {:.4}, offset {:.4}, log-size {:.4}), val recall@0.5 {:.4}, val mean IoU {:.4}, {:.0} s ({:.2} s/step)",
-                    s.epoch + 1,
-                    s.train_loss,
-                    s.train_focal,
-                    s.train_offset,
-                    s.train_size,
-                    s.val_recall50,
-                    s.val_mean_iou,
-                    s.seconds,
-                    s.seconds_per_step
-                )),
-            }
-            },
+            &mut on_event,
         )?;
         bars.end_bar();
         spec.localiser = Some(LocaliserSpec {
@@ -144,6 +170,7 @@ pub fn run(args: TrainLocaliserArgs, out: &Output) -> Result<()> {
             std: report.std,
             min_confidence: report.min_confidence,
             zoom: report.zoom,
+            zoom_flips: report.zoom_flips,
         });
         spec.save(&args.bundle)
             .with_context(|| format!("writing the spec in {}", args.bundle.display()))?;
