@@ -41,6 +41,8 @@ enum Command {
     Train(cli::train::TrainArgs),
     /// Train the lesion localiser on a cohort's boxes into a bundle (localiser.onnx + report).
     TrainLocaliser(cli::localiser::TrainLocaliserArgs),
+    /// Add full-int8 (QDQ) member files to a trained bundle, calibrated on its training images.
+    Quantize(cli::quantize::QuantizeArgs),
     /// Flag one radiograph (PNG, JPEG, DICOM) with a model bundle: probability, heat-map.
     Predict(cli::predict::PredictArgs),
     /// Score a labelled table with a bundle: predictions CSV for `tirp audit`, AUC.
@@ -67,6 +69,7 @@ fn run() -> Result<()> {
         Command::Bundle(cmd) => cli::bundle::run_bundle(cmd, &out),
         Command::Train(args) => cli::train::run(args, &out),
         Command::TrainLocaliser(args) => cli::localiser::run(args, &out),
+        Command::Quantize(args) => cli::quantize::run(args, &out),
         Command::Predict(args) => cli::predict::run_predict(args, &out),
         Command::Eval(args) => cli::predict::run_eval(args, &out),
         Command::Station(cmd) => cli::station::run(cmd, &out),

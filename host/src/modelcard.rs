@@ -452,6 +452,37 @@ fn files_markdown(files: &[FileRow]) -> String {
 /// its section in `MODEL_CARD.md`, the spec as it now is, and every file's hash again (the
 /// localiser and the golden pair changed).
 pub fn add_localiser(dir: &Path, localiser: &serde_json::Value) -> Result<()> {
+    put_section(
+        dir,
+        "localiser",
+        localiser,
+        LOCALISER_HEADING,
+        &localiser_markdown(localiser),
+    )
+}
+
+/// Adds (or replaces) the full-int8 members (what `tirp quantize` measured) in a trained
+/// bundle's model card, as [`add_localiser`] does for the localiser.
+pub fn add_full_int8(dir: &Path, report: &serde_json::Value) -> Result<()> {
+    put_section(
+        dir,
+        "full_int8",
+        report,
+        FULL_INT8_HEADING,
+        &full_int8_markdown(report),
+    )
+}
+
+/// `value` under `key` in `model_card.json` and `body` (starting with `heading`) as that
+/// section of `MODEL_CARD.md`, replacing an earlier one in place or going before the file
+/// list; the spec as it now is and every file's hash again.
+fn put_section(
+    dir: &Path,
+    key: &str,
+    value: &serde_json::Value,
+    heading: &str,
+    body: &str,
+) -> Result<()> {
     let json_path = dir.join(CARD_JSON);
     let md_path = dir.join(CARD_MD);
     let mut card: serde_json::Value = serde_json::from_slice(
@@ -463,7 +494,7 @@ pub fn add_localiser(dir: &Path, localiser: &serde_json::Value) -> Result<()> {
     let obj = card
         .as_object_mut()
         .with_context(|| format!("{}: not a model card", json_path.display()))?;
-    obj.insert("localiser".into(), localiser.clone());
+    obj.insert(key.into(), value.clone());
     obj.insert("files".into(), serde_json::to_value(&files)?);
     obj.get_mut("trained")
         .and_then(|t| t.as_object_mut())
@@ -471,16 +502,19 @@ pub fn add_localiser(dir: &Path, localiser: &serde_json::Value) -> Result<()> {
         .insert("spec".into(), serde_json::to_value(&spec)?);
     let md = std::fs::read_to_string(&md_path)
         .with_context(|| format!("reading {}", md_path.display()))?;
-    // Everything before the localiser's old section (if any) and the file list, then both anew.
-    let end = [md.find(LOCALISER_HEADING), md.find(FILES_HEADING)]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(md.len());
-    let mut out = md[..end].trim_end().to_owned();
+    // The card up to its file list, without this section's old text; then both anew.
+    let mut head = md[..md.find(FILES_HEADING).unwrap_or(md.len())].to_owned();
+    if let Some(start) = head.find(heading) {
+        let after = start + heading.len();
+        let end = head[after..]
+            .find("\n## ")
+            .map_or(head.len(), |e| after + e + 1);
+        head.replace_range(start..end, "");
+    }
+    let mut out = head.trim_end().to_owned();
     out.push_str("\n\n");
-    out.push_str(&localiser_markdown(localiser));
-    out.push('\n');
+    out.push_str(body.trim_end());
+    out.push_str("\n\n");
     out.push_str(&files_markdown(&files));
     std::fs::write(&json_path, serde_json::to_vec_pretty(&card)?)
         .with_context(|| format!("writing {}", json_path.display()))?;
@@ -488,8 +522,58 @@ pub fn add_localiser(dir: &Path, localiser: &serde_json::Value) -> Result<()> {
     Ok(())
 }
 
-/// The model card's localiser section from `localiser.json` as `tirp train-localiser` writes
-/// it (the training report plus `task_effect` and `latency_ms`).
+pub const FULL_INT8_HEADING: &str = "## Full-int8 (QDQ) members";
+
+/// The model card's full-int8 section from `tirp quantize`'s report.
+pub fn full_int8_markdown(r: &serde_json::Value) -> String {
+    let mut md = String::from(FULL_INT8_HEADING);
+    let _ = writeln!(
+        md,
+        "\n\n`<member>.qdq.onnx`: the shipped files' per-channel int8 weights, and every \
+         activation entering a Conv/MatMul/Gemm quantised per tensor (uint8) with its range \
+         observed on {} training radiographs. The engine runs them only on boards whose \
+         profile sets `full_int8_measured_faster` (none so far: tract 0.23 runs QDQ as f32 \
+         plus the extra passes; `tirp predict bench` times both).\n",
+        r["calibration_images"]
+    );
+    md.push_str("| member | file | bytes | activations quantised | max Δlogit vs f32 |\n|---|---|---|---|---|\n");
+    for m in r["members"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {:.3} |",
+            m["name"].as_str().unwrap_or("?"),
+            m["file"].as_str().unwrap_or("?"),
+            m["bytes"],
+            m["activations"],
+            m["max_logit_diff"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n(max Δlogit: largest absolute logit difference in tract on {} validation crops.)",
+        r["parity_images"]
+    );
+    if let Some(e) = r["ensemble"].as_object() {
+        md.push_str(
+            "\nEnsemble with full-int8 members against the shipped (weight-only int8) members, \
+             recorded boxes:\n\n| split | n | AUC full int8 | AUC shipped | Δ | max Δp | flags changed |\n|---|---|---|---|---|---|---|\n",
+        );
+        for (split, v) in e {
+            let _ = writeln!(
+                md,
+                "| {split} | {} | {:.4} | {:.4} | {:+.4} | {:.2e} | {} |",
+                v["n"],
+                v["auc_full_int8"]["auc"].as_f64().unwrap_or(f64::NAN),
+                v["auc_default"]["auc"].as_f64().unwrap_or(f64::NAN),
+                v["auc_delta"].as_f64().unwrap_or(f64::NAN),
+                v["max_probability_diff"].as_f64().unwrap_or(f64::NAN),
+                v["flag_changes"]
+            );
+        }
+    }
+    md
+}
+
 pub fn localiser_markdown(l: &serde_json::Value) -> String {
     let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
     let pct = |v: &serde_json::Value| format!("{:.1}%", 100.0 * f(v));

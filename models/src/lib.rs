@@ -21,6 +21,7 @@ pub mod nets;
 pub mod onnx;
 pub mod pipeline;
 pub mod preview;
+pub mod quantize;
 pub mod radiograph;
 pub mod stack;
 pub mod table;

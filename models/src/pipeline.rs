@@ -293,7 +293,7 @@ fn train_member<M: Member>(
     })?;
     let int8_model = weight_only_int8(&f32_model);
     let file = format!("{kind}.onnx");
-    let f32_file = format!("{kind}.f32.onnx");
+    let f32_file = crate::quantize::f32_file(&kind.to_string());
     let save = |m: &Model, name: &str| -> Result<(Vec<u8>, u64), PipelineError> {
         let bytes = m.to_bytes();
         let path = out.join(name);

@@ -89,6 +89,24 @@ fn train_writes_a_complete_reproducible_bundle() {
     for m in &spec.members {
         assert!(a.join(&m.file).is_file(), "{} missing", m.file);
         assert!(a.join(format!("{}.f32.onnx", m.name)).is_file());
+        // The full-int8 variant, for boards where it is faster.
+        assert_eq!(m.full_int8_file, Some(format!("{}.qdq.onnx", m.name)));
+        assert!(a.join(m.full_int8_file.as_ref().unwrap()).is_file());
+    }
+    let q = &ja["full_int8"];
+    assert_eq!(q["members"].as_array().unwrap().len(), 3, "{q}");
+    for split in ["validation", "internal test", "external"] {
+        let e = &q["ensemble"][split];
+        assert!(e["auc_delta"].as_f64().unwrap().abs() < 0.1, "{split}: {e}");
+        assert!(
+            e["max_probability_diff"].as_f64().unwrap() < 0.2,
+            "{split}: {e}"
+        );
+        // The engine with `full_int8` really ran the QDQ files (quantisation moves p a bit).
+        assert!(
+            e["max_probability_diff"].as_f64().unwrap() > 0.0,
+            "{split}: {e}"
+        );
     }
     assert!(a.join(&spec.stacker.file).is_file());
 
@@ -98,6 +116,9 @@ fn train_writes_a_complete_reproducible_bundle() {
         "resnet.onnx",
         "effnet.onnx",
         "vit.onnx",
+        "resnet.qdq.onnx",
+        "effnet.qdq.onnx",
+        "vit.qdq.onnx",
         "stacker.onnx",
     ] {
         let (x, y) = (
@@ -138,6 +159,8 @@ fn train_writes_a_complete_reproducible_bundle() {
         "int8",
         "SHA-256",
         "stacker.onnx",
+        "## Full-int8 (QDQ) members",
+        "vit.qdq.onnx",
     ] {
         assert!(card.contains(needle), "model card lacks `{needle}`");
     }
@@ -264,6 +287,23 @@ fn train_localiser_completes_the_bundle(labels: &Path, a: &Path) {
     let md = std::fs::read_to_string(a.join("MODEL_CARD.md")).unwrap();
     check_card(&md, &single);
     assert!(!md.contains("three mirror images"), "{md}");
+
+    // `tirp quantize` again on the localised bundle: its section is replaced in place, the
+    // localiser's stays, the hashes are fresh.
+    let q = tirp(&[
+        "--json",
+        "quantize",
+        "--labels",
+        labels.to_str().unwrap(),
+        "--bundle",
+        a.to_str().unwrap(),
+    ]);
+    let q: serde_json::Value = serde_json::from_slice(&q.stdout).unwrap();
+    assert!(q["calibration_images"].as_u64().unwrap() > 0);
+    let md = std::fs::read_to_string(a.join("MODEL_CARD.md")).unwrap();
+    assert_eq!(md.matches("## Full-int8 (QDQ) members").count(), 1, "{md}");
+    check_card(&md, &single);
+    assert_eq!(card_json()["full_int8"], q);
 }
 
 #[test]

@@ -114,12 +114,11 @@ pub fn run(args: TrainLocaliserArgs, out: &Output) -> Result<()> {
     let report: localiser::LocaliserReport = if args.card_only {
         // The localiser already in the bundle: its training report, re-scored on the
         // held-out splits with the zoom pass asked for, for the card steps.
-        let Some(l) = spec.localiser.as_mut() else {
-            anyhow::bail!(
-                "--card-only: {} has no localiser in its spec",
-                args.bundle.display()
-            );
-        };
+        anyhow::ensure!(
+            spec.localiser.is_some(),
+            "--card-only: {} has no localiser in its spec",
+            args.bundle.display()
+        );
         let path = args.bundle.join(localiser::REPORT_FILE);
         let trained: localiser::LocaliserReport = serde_json::from_slice(
             &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
@@ -134,10 +133,6 @@ pub fn run(args: TrainLocaliserArgs, out: &Output) -> Result<()> {
             &mut on_event,
         )?;
         bars.end_bar();
-        l.min_confidence = report.min_confidence;
-        l.zoom_flips = report.zoom_flips;
-        spec.save(&args.bundle)
-            .with_context(|| format!("writing the spec in {}", args.bundle.display()))?;
         report
     } else {
         let mut cfg = LocaliserTrainConfig {
@@ -163,19 +158,20 @@ pub fn run(args: TrainLocaliserArgs, out: &Output) -> Result<()> {
             &mut on_event,
         )?;
         bars.end_bar();
-        spec.localiser = Some(LocaliserSpec {
-            file: report.file.clone(),
-            input_size: report.input_size as u32,
-            mean: report.mean,
-            std: report.std,
-            min_confidence: report.min_confidence,
-            zoom: report.zoom,
-            zoom_flips: report.zoom_flips,
-        });
-        spec.save(&args.bundle)
-            .with_context(|| format!("writing the spec in {}", args.bundle.display()))?;
         report
     };
+    // The spec's localiser entry is the report's, trained or re-scored.
+    spec.localiser = Some(LocaliserSpec {
+        file: report.file.clone(),
+        input_size: report.input_size as u32,
+        mean: report.mean,
+        std: report.std,
+        min_confidence: report.min_confidence,
+        zoom: report.zoom,
+        zoom_flips: report.zoom_flips,
+    });
+    spec.save(&args.bundle)
+        .with_context(|| format!("writing the spec in {}", args.bundle.display()))?;
     let mut value = serde_json::to_value(&report)?;
     let card = args.bundle.join(modelcard::CARD_JSON);
     if !args.no_card && card.is_file() {

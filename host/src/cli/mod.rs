@@ -7,6 +7,7 @@ pub mod device;
 pub mod localiser;
 pub mod predict;
 pub mod progress;
+pub mod quantize;
 pub mod station;
 pub mod train;
 

@@ -632,14 +632,14 @@ pub fn run_eval(args: EvalArgs, out: &Output) -> Result<()> {
 }
 
 /// AUC with its DeLong 95% CI as JSON (`auc: null` and why, when it cannot be computed).
-fn auc_json(scores: &[f64], truth: &[bool]) -> Value {
+pub(crate) fn auc_json(scores: &[f64], truth: &[bool]) -> Value {
     match roc::auc_delong_ci(scores, truth, 0.95) {
         Ok(ci) => json!({"auc": ci.auc, "ci_low": ci.low, "ci_high": ci.high}),
         Err(e) => json!({"auc": null, "why": e.to_string()}),
     }
 }
 
-fn is_pbt(r: &tirp_models::table::Record) -> bool {
+pub(crate) fn is_pbt(r: &tirp_models::table::Record) -> bool {
     r.label == tirp_firmware::clinical::Label::Pbt
 }
 
@@ -1018,6 +1018,24 @@ fn bench(
             e,
             format!("   probability {}", e["probability"]),
         );
+        s += "quantization variants, each alone (p50 / p95 ms, logit):\n";
+        for m in graphs["quantization"].as_array().into_iter().flatten() {
+            s += &format!("  {:<11}", m["name"].as_str().unwrap_or("?"));
+            for kind in ["f32", "shipped", "full_int8"] {
+                let v = &m[kind];
+                if v.is_object() {
+                    s += &format!(
+                        "  {kind} {:.2} / {:.2} ({:.4})",
+                        v["p50_ms"].as_f64().unwrap_or(f64::NAN),
+                        v["p95_ms"].as_f64().unwrap_or(f64::NAN),
+                        v["logit"].as_f64().unwrap_or(f64::NAN)
+                    );
+                } else {
+                    s += &format!("  {kind} n/a");
+                }
+            }
+            s += "\n";
+        }
         s.trim_end().to_owned()
     });
     Ok(())
@@ -1107,5 +1125,52 @@ fn graph_bench(engine: &Engine, x: &[f32], clinical: &[f32], iters: usize) -> Re
         "members": members,
         "stacker": stacker_v,
         "ensemble_sequential": ensemble,
+        "quantization": quantization_bench(engine, x, iters)?,
     }))
+}
+
+/// Each member's f32 original, its shipped (weight-only int8) file and its full-int8 (QDQ)
+/// file, where the bundle has them, timed alone at batch 1 on this thread, the variants
+/// interleaved run by run so load drifts hit them alike.
+fn quantization_bench(engine: &Engine, x: &[f32], iters: usize) -> Result<Vec<Value>> {
+    let spec = engine.spec();
+    let s = spec.preprocess.input_size as usize;
+    let mut rows = Vec::new();
+    for m in &spec.members {
+        let files = [
+            ("f32", Some(tirp_models::quantize::f32_file(&m.name))),
+            ("shipped", Some(m.file.clone())),
+            ("full_int8", m.full_int8_file.clone()),
+        ];
+        let mut variants = Vec::new();
+        for (kind, file) in files {
+            let Some(file) = file else { continue };
+            let path = engine.dir().join(&file);
+            if !path.is_file() {
+                continue;
+            }
+            let plan = Plan::load(&path, &[1, s, s], &[MEMBER_LOGIT, MEMBER_CAM], &[], false)?;
+            let logit = plan.run(x, 1, &[1, s, s])?[0].values[0];
+            variants.push((kind, file, plan, logit, Vec::with_capacity(iters)));
+        }
+        for _ in 0..iters {
+            for (_, _, plan, _, times) in &mut variants {
+                let t = Instant::now();
+                plan.run(x, 1, &[1, s, s])?;
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        let mut row = json!({"name": m.name});
+        for (kind, file, _, logit, mut times) in variants {
+            times.sort_by(f64::total_cmp);
+            row[kind] = json!({
+                "file": file,
+                "logit": logit,
+                "p50_ms": percentile(&times, 0.5),
+                "p95_ms": percentile(&times, 0.95),
+            });
+        }
+        rows.push(row);
+    }
+    Ok(rows)
 }

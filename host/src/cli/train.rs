@@ -181,10 +181,12 @@ pub fn run(args: TrainArgs, out: &Output) -> Result<()> {
             }
         },
     )?;
-    bars.finish();
     write_golden(&table, &args.out)?;
     let card = ModelCard::build(trained, &args.labels, &args.out, study)?;
     card.write(&args.out)?;
+    // The full-int8 variants for boards where they are faster (`tirp quantize`).
+    let (_, full_int8) = super::quantize::quantize_bundle(&args.out, &table, true, &mut bars)?;
+    bars.finish();
     let value = serde_json::json!({
         "out": args.out,
         "threshold": card.trained.spec.threshold,
@@ -192,6 +194,7 @@ pub fn run(args: TrainArgs, out: &Output) -> Result<()> {
         "seconds": card.trained.seconds,
         "table": card.table,
         "int8": card.int8,
+        "full_int8": full_int8,
     });
     out.emit(&value, || {
         let mut s = format!(
