@@ -1,8 +1,8 @@
 //! The shipped default bundle (`models/bundle`, made by `tirp train`, see its MODEL_CARD.md):
 //! its files are the ones its model card hashed, its measured parity holds (tract vs burn
 //! ≤ 1e-4; weight-only int8 moves the ensemble's test AUCs by ≤ 0.005), its golden pair is
-//! reproduced by the engine, and on radiographs it never saw the int8 members give the
-//! f32 members' answers.
+//! reproduced by the engine, and on radiographs it never saw the int8 members (weight-only
+//! and full int8) give the f32 members' answers.
 
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -104,6 +104,7 @@ fn f32_bundle(dir: &Path) -> PathBuf {
         let f32_file = format!("{}.f32.onnx", m.name);
         std::fs::copy(bundle().join(&f32_file), out.join(&f32_file)).unwrap();
         m.file = f32_file;
+        m.full_int8_file = None;
     }
     let others =
         std::iter::once(&spec.stacker.file).chain(spec.localiser.as_ref().map(|l| &l.file));
@@ -114,6 +115,8 @@ fn f32_bundle(dir: &Path) -> PathBuf {
     out
 }
 
+/// Weight-only int8 (the shipped files) and full int8 (the QDQ files) against the f32
+/// originals on radiographs from a cohort seed the bundle never saw.
 #[test]
 fn int8_members_answer_like_f32_on_unseen_radiographs() {
     let dir = tempfile::tempdir().unwrap();
@@ -127,7 +130,16 @@ fn int8_members_answer_like_f32_on_unseen_radiographs() {
     let table = LabelTable::load(&summary.labels).unwrap();
     let int8 = Engine::load(&bundle(), &EngineOptions::default()).unwrap();
     let f32 = Engine::load(&f32_bundle(dir.path()), &EngineOptions::default()).unwrap();
-    let (mut a, mut b, mut y) = (Vec::new(), Vec::new(), Vec::new());
+    // The full-int8 (QDQ) members, as a board whose profile says they are faster runs them.
+    let full = Engine::load(
+        &bundle(),
+        &EngineOptions {
+            full_int8: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (mut a, mut b, mut c, mut y) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for r in &table.records {
         let image = tirp_models::radiograph::load_record(r).unwrap();
         let clinical = ClinicalInput {
@@ -142,6 +154,7 @@ fn int8_members_answer_like_f32_on_unseen_radiographs() {
         };
         a.push(run(&int8));
         b.push(run(&f32));
+        c.push(run(&full));
         y.push(r.label == tirp_models::cohort::clinical::Label::Pbt);
     }
     let max = a
@@ -158,5 +171,21 @@ fn int8_members_answer_like_f32_on_unseen_radiographs() {
         (auc_a - auc_b).abs() <= 0.005,
         "AUC int8 {auc_a} vs f32 {auc_b} on {} radiographs",
         a.len()
+    );
+    let max_full = c
+        .iter()
+        .zip(&b)
+        .map(|(x, z)| (x - z).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        max_full < 0.05,
+        "full int8 vs f32 probability differs by {max_full}"
+    );
+    assert!(c != a, "full int8 ran the weight-only files");
+    let auc_c = tirp_host::stats::roc::auc(&c, &y).unwrap();
+    assert!(
+        (auc_c - auc_b).abs() <= 0.01,
+        "AUC full int8 {auc_c} vs f32 {auc_b} on {} radiographs",
+        c.len()
     );
 }
