@@ -674,9 +674,17 @@ pub fn localiser_markdown(l: &serde_json::Value) -> String {
         }
     }
     if let Some(ms) = l["latency_ms"].as_object() {
+        let passes = match (
+            l["zoom"].is_number(),
+            l["zoom_flips"].as_bool() == Some(true),
+        ) {
+            (false, _) => "one pass",
+            (true, false) => "both passes",
+            (true, true) => "the first pass and four zoom passes",
+        };
         let _ = writeln!(
             md,
-            "\nAdded latency per study (the localiser, both passes, one thread, on the golden \
+            "\nAdded latency per study (the localiser, {passes}, one thread, on the golden \
              radiograph, {} runs on the training machine): p50 {:.1} ms, p95 {:.1} ms.",
             ms.get("runs").unwrap_or(&serde_json::Value::Null),
             ms.get("p50").map_or(f64::NAN, f),

@@ -13,7 +13,7 @@ use tirp_host::modelcard;
 use tirp_models::localiser::{self, LocEvent, LocaliserTrainConfig, RunEvent};
 use tirp_models::table::{LabelTable, Split};
 
-/// The localiser's time per study (both passes) on the bundle's golden radiograph: one
+/// The localiser's time per study (all its passes) on the bundle's golden radiograph: one
 /// thread, a warm-up run then 30 timed.
 fn localise_latency(engine: &Engine, dir: &std::path::Path) -> Result<serde_json::Value> {
     let path = dir.join(super::train::GOLDEN_INPUT);
