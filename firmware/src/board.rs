@@ -45,8 +45,17 @@ pub struct BoardProfile {
 #[serde(deny_unknown_fields)]
 pub struct Cpu {
     pub cores: u32,
-    /// Threads the engine may use for inference (members in parallel, intra-op GEMM).
+    /// Threads the engine may use per prediction (the members in parallel).
     pub inference_threads: u32,
+    /// tract intra-op workers (matrix products split into tiles) shared by the members and
+    /// the localiser; 1 (the default) keeps tract single-threaded per graph. Set above 1 only
+    /// where measured faster: on the 2-core x86 box 2 made the localiser slower.
+    #[serde(default = "one")]
+    pub intra_op_threads: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -170,6 +179,15 @@ impl BoardProfile {
                 format!(
                     "{} must be between 1 and cpu.cores ({})",
                     self.cpu.inference_threads, self.cpu.cores
+                ),
+            ));
+        }
+        if self.cpu.intra_op_threads == 0 || self.cpu.intra_op_threads > self.cpu.cores {
+            return Err(invalid(
+                "cpu.intra_op_threads",
+                format!(
+                    "{} must be between 1 and cpu.cores ({})",
+                    self.cpu.intra_op_threads, self.cpu.cores
                 ),
             ));
         }
@@ -319,6 +337,8 @@ mod tests {
         let text = dev_text();
         let e = err_of(&text.replace("inference_threads = 2", "inference_threads = 3"));
         assert!(e.contains("cpu.inference_threads"), "{e}");
+        let e = err_of(&text.replace("intra_op_threads = 1", "intra_op_threads = 0"));
+        assert!(e.contains("cpu.intra_op_threads"), "{e}");
         let e = err_of(&text.replace("baud = 921600", "baud = \"fast\""));
         assert!(e.contains("baud"), "{e}");
         let e = err_of(&text.replace("soc = \"generic x86_64\"\n", ""));

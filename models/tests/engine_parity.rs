@@ -186,6 +186,71 @@ fn fixture_bundle_matches_burn_and_the_hand_stacker() {
     }
 }
 
+/// With intra-op workers (a board's `cpu.intra_op_threads`) every graph's matrix products
+/// run on one shared pool of tract workers; the numbers are the single thread's, bit for bit,
+/// on the shipped architectures at the shipped input size, with the localiser.
+#[test]
+fn intra_op_threads_change_no_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = FixtureConfig {
+        full_size: true,
+        input_size: 128,
+        localiser: Some(tirp_models::fixture::FixtureLocaliser {
+            input_size: 128,
+            zoom: Some(3.0),
+            zoom_flips: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    fixture::write_bundle(dir.path(), &cfg).unwrap();
+    let with = |threads: usize, intra_op_threads: usize| {
+        Engine::load(
+            dir.path(),
+            &EngineOptions {
+                threads,
+                intra_op_threads,
+                ..opts(1)
+            },
+        )
+        .unwrap()
+    };
+    let one = with(1, 1);
+    let pooled = [with(1, 4), with(2, 3)];
+    assert_eq!(one.intra_op_threads(), 1);
+    assert_eq!(pooled[0].intra_op_threads(), 4);
+    // The pools' workers exist (Linux names them after the pool).
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        let names: Vec<String> = tasks
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+            .collect();
+        assert!(
+            names
+                .iter()
+                .filter(|n| n.starts_with("tirp-intra-op"))
+                .count()
+                >= 7,
+            "{names:?}"
+        );
+    }
+    let img = image(400, 320, 9);
+    let input = ClinicalInput::default();
+    let a = one.predict(&img, None, input, Explain::GradCam).unwrap();
+    for e in &pooled {
+        let b = e.predict(&img, None, input, Explain::GradCam).unwrap();
+        assert_eq!(b.members, a.members);
+        assert_eq!(b.probability, a.probability);
+        assert_eq!(b.heatmap.values, a.heatmap.values);
+        assert_eq!(b.roi, a.roi);
+        let (la, lb) = (a.localiser.as_ref().unwrap(), b.localiser.as_ref().unwrap());
+        assert_eq!(
+            (lb.roi, lb.confidence, lb.window),
+            (la.roi, la.confidence, la.window)
+        );
+    }
+}
+
 /// The exported `fmap` is the map the head reads: for the CNN head, cam = (W·fmap + b)/hw
 /// at every location.
 #[test]

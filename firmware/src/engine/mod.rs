@@ -181,6 +181,9 @@ impl LocaliserReport {
 pub struct EngineOptions {
     /// Threads for the members (1 = sequential).
     pub threads: usize,
+    /// tract intra-op workers for every graph's matrix products, one pool shared by the
+    /// engine's plans (1 = tract's single thread per graph).
+    pub intra_op_threads: usize,
     /// Ask for a GPU runtime (only with the `cuda` feature; falls back to the CPU).
     pub gpu: bool,
     /// Run the members' full-int8 files where the bundle has them.
@@ -191,6 +194,7 @@ impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
             threads: 1,
+            intra_op_threads: 1,
             gpu: true,
             full_int8: false,
         }
@@ -201,6 +205,7 @@ impl EngineOptions {
     pub fn for_board(board: &BoardProfile) -> Self {
         EngineOptions {
             threads: board.cpu.inference_threads.max(1) as usize,
+            intra_op_threads: board.cpu.intra_op_threads.max(1) as usize,
             gpu: board.cuda.use_cuda,
             full_int8: board.quantization.full_int8_measured_faster,
         }
@@ -222,6 +227,7 @@ pub struct Engine {
     stacker: Plan,
     localiser: Option<Plan>,
     threads: usize,
+    intra_op_threads: usize,
     backend: String,
     load_ms: f64,
 }
@@ -379,6 +385,8 @@ impl Engine {
         })?;
         spec.preprocess.validate()?;
         let s = spec.preprocess.input_size as usize;
+        let intra_op_threads = options.intra_op_threads.max(1);
+        let pool = plan::intra_op_executor(intra_op_threads);
         let mut members = Vec::with_capacity(spec.members.len());
         for m in &spec.members {
             let file = match (&m.full_int8_file, options.full_int8) {
@@ -391,7 +399,8 @@ impl Engine {
                 &[MEMBER_LOGIT, MEMBER_CAM],
                 &[MEMBER_FMAP],
                 options.gpu,
-            )?;
+            )?
+            .with_executor(pool.clone());
             let c = m.cam_side as usize;
             check_dims(&plan, 0, MEMBER_LOGIT, &[1])?;
             check_dims(&plan, 1, MEMBER_CAM, &[1, c, c])?;
@@ -444,7 +453,8 @@ impl Engine {
                     &[localise::HEATMAP, localise::OFFSET, localise::SIZE],
                     &[],
                     options.gpu,
-                )?;
+                )?
+                .with_executor(pool.clone());
                 let c = localise::cells(l.input_size);
                 check_dims(&plan, 0, localise::HEATMAP, &[1, c, c])?;
                 check_dims(&plan, 1, localise::OFFSET, &[2, c, c])?;
@@ -467,6 +477,7 @@ impl Engine {
             stacker,
             localiser,
             threads: options.threads.max(1),
+            intra_op_threads,
             backend,
             load_ms: ms(t),
         })
@@ -492,6 +503,11 @@ impl Engine {
 
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// tract intra-op workers per graph (1: single-threaded graphs).
+    pub fn intra_op_threads(&self) -> usize {
+        self.intra_op_threads
     }
 
     /// Whether the bundle has a lesion localiser (used when no ROI is given).

@@ -12,8 +12,15 @@
 use super::EngineError;
 use std::path::Path;
 use std::sync::Arc;
+use tract_linalg::multithread::{Executor, multithread_tract_scope};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::runtime::Runnable;
+
+/// A pool of `threads` workers for tract's intra-op parallelism (matrix products split into
+/// tiles), to share between plans; `None` for one thread (tract's default, no pool).
+pub fn intra_op_executor(threads: usize) -> Option<Executor> {
+    (threads > 1).then(|| Executor::multithread_with_name(threads, "tirp-intra-op"))
+}
 
 /// A graph ready to run: its plan and the positions of the outputs the engine reads.
 #[derive(Clone)]
@@ -25,6 +32,8 @@ pub struct Plan {
     pub outputs: Vec<String>,
     /// Which runtime runs it ("cpu", "cuda").
     pub backend: String,
+    /// Intra-op worker pool ([`intra_op_executor`]); `None`: one thread.
+    executor: Option<Executor>,
 }
 
 impl std::fmt::Debug for Plan {
@@ -173,7 +182,15 @@ impl Plan {
             file,
             outputs,
             backend,
+            executor: None,
         })
+    }
+
+    /// The plan running its matrix products on `executor`'s pool (`None`: one thread).
+    /// Results are the same either way: the tiles are computed as they are on one thread.
+    pub fn with_executor(mut self, executor: Option<Executor>) -> Plan {
+        self.executor = executor;
+        self
     }
 
     /// The concrete trailing dimensions (after the batch) of output `ix`, when known.
@@ -196,7 +213,12 @@ impl Plan {
         shape.extend_from_slice(rest);
         let err = tract_err(&self.file, "running");
         let input = Tensor::from_shape(&shape, x).map_err(&err)?;
-        let out = self.runnable.run(tvec!(input.into())).map_err(&err)?;
+        let run = || self.runnable.run(tvec!(input.into()));
+        let out = match &self.executor {
+            Some(e) => multithread_tract_scope(e.clone(), run),
+            None => run(),
+        }
+        .map_err(&err)?;
         out.iter()
             .map(|t| {
                 let view = t.to_plain_array_view::<f32>().map_err(&err)?;

@@ -112,6 +112,9 @@ pub struct BundleArgs {
     /// machine's cores.
     #[arg(long)]
     threads: Option<usize>,
+    /// tract intra-op workers per graph (a board profile's `cpu.intra_op_threads`).
+    #[arg(long, default_value_t = 1)]
+    intra_op_threads: usize,
 }
 
 #[derive(Args)]
@@ -184,8 +187,12 @@ impl BundleArgs {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
+        if self.intra_op_threads == 0 {
+            bail!("--intra-op-threads must be at least 1");
+        }
         let opts = EngineOptions {
             threads,
+            intra_op_threads: self.intra_op_threads,
             ..Default::default()
         };
         Engine::load(&dir, &opts).with_context(|| format!("loading the bundle {}", dir.display()))
@@ -398,6 +405,7 @@ pub fn run_eval(args: EvalArgs, out: &Output) -> Result<()> {
     let engine = BundleArgs {
         bundle: Some(args.bundle.dir()),
         threads: Some(1),
+        intra_op_threads: args.bundle.intra_op_threads,
     }
     .load()?;
     let auto = args.roi == "auto";
@@ -940,6 +948,7 @@ fn bench(
         "backend": engine.backend(),
         "memory": memory,
         "threads": engine.threads(),
+        "intra_op_threads": engine.intra_op_threads(),
         "members": engine.spec().members.len(),
         "input_size": engine.spec().preprocess.input_size,
         "explain": explain,
@@ -960,7 +969,8 @@ fn bench(
             })
         };
         let mut s = format!(
-            "bundle {} {} ({} members, {}×{} input) on {}, {} thread(s), {explain}, {iters} runs\n\
+            "bundle {} {} ({} members, {}×{} input) on {}, {} thread(s) ({} intra-op), \
+             {explain}, {iters} runs\n\
              cold start (load + optimise + plan): {cold_ms:.1} ms; first run {:.1} ms\n\
              resident memory: {} before load, {} loaded, {} at the end, peak {}\n",
             engine.spec().name,
@@ -970,6 +980,7 @@ fn bench(
             engine.spec().preprocess.input_size,
             engine.backend(),
             engine.threads(),
+            engine.intra_op_threads(),
             first.timings.total_ms,
             mb("rss_before_load_kb"),
             mb("rss_after_load_kb"),
