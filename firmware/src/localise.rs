@@ -177,6 +177,12 @@ pub fn to_window(roi: Roi, window: Window) -> Option<Roi> {
 /// the shipped localiser).
 pub const MIRRORS: [(bool, bool); 4] = [(false, false), (true, false), (false, true), (true, true)];
 
+/// The mirror images the zoom pass looks at: all of [`MIRRORS`] with `zoom_flips`, else
+/// the window alone.
+pub fn mirrors(zoom_flips: bool) -> &'static [(bool, bool)] {
+    if zoom_flips { &MIRRORS } else { &MIRRORS[..1] }
+}
+
 /// The input mirrored left–right and/or top–bottom. Meant for zoom-pass inputs, whose square
 /// window fills the whole input (a letterbox of a non-square image would move its padding).
 pub fn mirror(input: &Letterbox, horizontal: bool, vertical: bool) -> Letterbox {

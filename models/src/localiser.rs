@@ -786,11 +786,7 @@ pub fn score(
                 })
         })
         .collect::<Result<_, _>>()?;
-    let mirrors = if z.flips {
-        &localise::MIRRORS[..]
-    } else {
-        &localise::MIRRORS[..1]
-    };
+    let mirrors = localise::mirrors(z.flips);
     // Boxes per image, in window pixels, one per mirror image (as the engine does).
     let mut boxes: Vec<Vec<Roi>> = vec![Vec::with_capacity(mirrors.len()); set.len()];
     for &(h, v) in mirrors {

@@ -541,12 +541,7 @@ impl Engine {
         {
             let w = localise::zoom_window(first.roi, zoom, image.width, image.height);
             let zl = localise::zoom_input(image, w, spec.input_size, lo, hi)?;
-            let mirrors = if spec.zoom_flips {
-                &localise::MIRRORS[..]
-            } else {
-                &localise::MIRRORS[..1]
-            };
-            let boxes = mirrors
+            let boxes = localise::mirrors(spec.zoom_flips)
                 .iter()
                 .map(|&(h, v)| {
                     let d = self.run_localiser(
