@@ -12,10 +12,10 @@ use rand_chacha::ChaCha8Rng;
 use std::path::Path;
 use tirp_firmware::clinical::{Sex, Site, clinical};
 use tirp_firmware::engine::{
-    ClinicalInput, Engine, EngineError, EngineOptions, Explain, Prediction, RoiSource,
+    ClinicalInput, Engine, EngineError, EngineOptions, Explain, Plan, Prediction, RoiSource,
 };
 use tirp_firmware::ensemble::{
-    ENSEMBLE_FORMAT, EnsembleSpec, MemberSpec, StackerKind, StackerSpec,
+    ENSEMBLE_FORMAT, EnsembleSpec, MEMBER_CAM, MEMBER_LOGIT, MemberSpec, StackerKind, StackerSpec,
 };
 use tirp_firmware::preprocess::{GrayImage, PreprocessSpec, Roi};
 use tirp_models::fixture::{self, FixtureConfig};
@@ -248,6 +248,58 @@ fn intra_op_threads_change_no_number() {
             (lb.roi, lb.confidence, lb.window),
             (la.roi, la.confidence, la.window)
         );
+    }
+}
+
+/// Plans are built for a batch of one; a batch runs input by input and is assembled in order,
+/// so its answers are the single inputs' bit for bit (on the shipped architectures), and
+/// inputs that do not fill the batch are refused with the file's name.
+#[test]
+fn batches_answer_as_single_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = FixtureConfig {
+        full_size: true,
+        input_size: 128,
+        ..Default::default()
+    };
+    let fx = fixture::write_bundle(dir.path(), &cfg).unwrap();
+    let s = cfg.input_size;
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let x: Vec<f32> = (0..3 * s * s)
+        .map(|_| rng.random_range(-2.0..2.0))
+        .collect();
+    for m in &fx.spec.members {
+        let plan = Plan::load(
+            &dir.path().join(&m.file),
+            &[1, s, s],
+            &[MEMBER_LOGIT, MEMBER_CAM],
+            &[],
+            false,
+        )
+        .unwrap();
+        let batch = plan.run(&x, 3, &[1, s, s]).unwrap();
+        assert_eq!(batch[0].shape, [3, 1], "{}", m.name);
+        let c = m.cam_side as usize;
+        assert_eq!(batch[1].shape, [3, 1, c, c], "{}", m.name);
+        for (i, one) in x.chunks(s * s).enumerate() {
+            let single = plan.run(one, 1, &[1, s, s]).unwrap();
+            assert_eq!(
+                single[0].values,
+                batch[0].values[i..i + 1],
+                "{} logit {i}",
+                m.name
+            );
+            assert_eq!(
+                single[1].values,
+                batch[1].values[i * c * c..(i + 1) * c * c],
+                "{} cam {i}",
+                m.name
+            );
+        }
+        // The inputs must fill the batch.
+        let err = plan.run(&x[1..], 3, &[1, s, s]).unwrap_err().to_string();
+        assert!(err.contains(&m.file) && err.contains("batch of 3"), "{err}");
+        assert!(plan.run(&[], 0, &[1, s, s]).is_err());
     }
 }
 
