@@ -181,6 +181,8 @@ def bench_ort(bundle, threads, iters, inputs_dir=None, seed=0):
         ],
         "errors": errors,
     }
+    # The members alone, one after another (the yardstick for the engine's flag).
+    result["members_sequential"] = stats([sum(r[:n]) for r in runs])
     if complete:
         result["stacker"] = dict(file=spec["stacker"]["file"], **stats([r[n] for r in runs]))
         result["ensemble_sequential"] = dict(
@@ -257,8 +259,12 @@ def summarise(rounds, load, commands, args):
         rows.append(("ensemble (sequential)", a, b))
         engine = {
             stage: best([s["stages"] for s in tr], stage)
-            for stage in ("members", "end_to_end")
+            for stage in ("members", "stacker", "end_to_end")
         }
+        # The engine's flag (its members stage, in parallel on T threads, + its stacker
+        # stage; sum of the two p50s) against onnxruntime running the members alone.
+        flag_ms = engine["members"]["p50_ms"] + engine["stacker"]["p50_ms"]
+        ort_members = best(o, "members_sequential")["p50_ms"]
         # Parity on the same input (the last round's dump): tract's graphs vs ort.
         parity = {}
         last_t, last_o = tr[-1]["graphs"], o[-1]
@@ -274,6 +280,11 @@ def summarise(rounds, load, commands, args):
         out["threads"][t] = {
             "rows": [{"name": n, "tract": a, "ort": b} for n, a, b in rows],
             "engine_predict": engine,
+            "flag_vs_ort_members": {
+                "engine_flag_p50_ms": flag_ms,
+                "ort_members_alone_p50_ms": ort_members,
+                "ratio": flag_ms / ort_members,
+            },
             "parity_abs_diff": parity,
             "tract_logits": {m["name"]: m["logit"] for m in last_t["members"]},
             "ort_logits": {m["name"]: m["logit"] for m in last_o["members"]},
@@ -304,6 +315,10 @@ def print_summary(s, args):
         print(f"  tract engine (`predict`, {t} thread(s)): members p50/p95 "
               f"{e['members']['p50_ms']:.2f}/{e['members']['p95_ms']:.2f}, end to end "
               f"{e['end_to_end']['p50_ms']:.2f}/{e['end_to_end']['p95_ms']:.2f}")
+        g = r["flag_vs_ort_members"]
+        print(f"  engine flag (members + stacker stages, {t} thread(s)) "
+              f"{g['engine_flag_p50_ms']:.2f} ms vs onnxruntime members alone "
+              f"{g['ort_members_alone_p50_ms']:.2f} ms: {g['ratio']:.2f}")
         print(f"  cold start: tract {r['tract_cold_start_ms']:.0f} ms (engine), "
               f"ort {r['ort_cold_start_ms']:.0f} ms (sessions)")
         print("  parity |tract - ort|: " + ", ".join(

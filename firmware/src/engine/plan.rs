@@ -1,8 +1,9 @@
 //! Loading ONNX graphs into tract plans, once per bundle, shared by every thread.
 //!
 //! CPU (default build): `model_for_path` → input fact `[1, rest…]` → `into_optimized` →
-//! `into_runnable`, one `Arc` plan per graph (tract's plans are `Send + Sync`; each run
-//! spawns its own state and reuses it for every input of a batch).
+//! `into_runnable`, one `Arc` plan per graph (tract's plans are `Send + Sync`; run states
+//! are not shared: each run takes an idle one from the plan's pool, or spawns one when all
+//! are busy on other threads, uses it for every input of its batch and gives it back).
 //!
 //! The plan is built for a batch of exactly one, and a batch runs one input at a time.
 //! Measured with tract 0.23.9 on the shipped members (one thread, release): with the batch
@@ -19,10 +20,10 @@
 
 use super::EngineError;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tract_linalg::multithread::{Executor, multithread_tract_scope};
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::runtime::Runnable;
+use tract_onnx::tract_core::runtime::{Runnable, State};
 
 /// A pool of `threads` workers for tract's intra-op parallelism (matrix products split into
 /// tiles), to share between plans; `None` for one thread (tract's default, no pool).
@@ -42,6 +43,9 @@ pub struct Plan {
     pub backend: String,
     /// Intra-op worker pool ([`intra_op_executor`]); `None`: one thread.
     executor: Option<Executor>,
+    /// Idle run states, reused so a run does not allocate a new one: a run takes one (or
+    /// spawns one when every state is busy on another thread) and gives it back after.
+    states: Arc<Mutex<Vec<Box<dyn State>>>>,
 }
 
 impl std::fmt::Debug for Plan {
@@ -190,6 +194,7 @@ impl Plan {
             outputs,
             backend,
             executor: None,
+            states: Arc::default(),
         })
     }
 
@@ -231,7 +236,11 @@ impl Plan {
         let mut shape = vec![1];
         shape.extend_from_slice(rest);
         let run = || -> Result<Vec<Output>, EngineError> {
-            let mut state = self.runnable.spawn().map_err(&err)?;
+            let idle = self.states.lock().ok().and_then(|mut s| s.pop());
+            let mut state = match idle {
+                Some(state) => state,
+                None => self.runnable.spawn().map_err(&err)?,
+            };
             let mut outputs: Vec<Output> = Vec::new();
             for input in x.chunks(len) {
                 let input = Tensor::from_shape(&shape, input).map_err(&err)?;
@@ -263,6 +272,10 @@ impl Plan {
                     o.values.extend(view.iter().copied());
                     o.shape[0] += 1;
                 }
+            }
+            // Only a state whose runs all succeeded goes back to the pool.
+            if let Ok(mut idle) = self.states.lock() {
+                idle.push(state);
             }
             Ok(outputs)
         };
