@@ -303,6 +303,53 @@ fn batches_answer_as_single_inputs() {
     }
 }
 
+/// The per-op profile of a plan: every operator kind the plan runs, slowest first; the
+/// shipped effnet architecture runs its depthwise convolutions on tract's direct kernel (it
+/// took im2col + a matrix product when plans had a symbolic batch).
+#[test]
+fn profile_names_where_a_plan_spends_its_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = FixtureConfig {
+        full_size: true,
+        input_size: 128,
+        ..Default::default()
+    };
+    let fx = fixture::write_bundle(dir.path(), &cfg).unwrap();
+    let s = cfg.input_size;
+    let x = vec![0.25f32; s * s];
+    for m in &fx.spec.members {
+        let plan = Plan::load(
+            &dir.path().join(&m.file),
+            &[1, s, s],
+            &[MEMBER_LOGIT, MEMBER_CAM],
+            &[],
+            false,
+        )
+        .unwrap();
+        let ops = plan.profile(&x, &[1, s, s], 2).unwrap();
+        assert!(!ops.is_empty(), "{}", m.name);
+        assert!(ops.windows(2).all(|w| w[0].ms >= w[1].ms), "{ops:?}");
+        assert!(ops.iter().all(|o| o.nodes >= 1 && o.ms >= 0.0), "{ops:?}");
+        assert!(
+            ops.iter().any(|o| o.op.contains("MatMul")),
+            "{}: {ops:?}",
+            m.name
+        );
+        if m.name == "effnet" {
+            let dw = ops.iter().find(|o| o.op == "DepthWiseConv");
+            // Eight MBConv blocks, eight depthwise convolutions.
+            assert_eq!(dw.map(|o| o.nodes), Some(8), "{ops:?}");
+            assert!(!ops.iter().any(|o| o.op == "Im2col"), "{ops:?}");
+        }
+        let err = plan
+            .profile(&x[1..], &[1, s, s], 2)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&m.file), "{err}");
+        assert!(plan.profile(&x, &[1, s, s], 0).is_err());
+    }
+}
+
 /// The exported `fmap` is the map the head reads: for the CNN head, cam = (W·fmap + b)/hw
 /// at every location.
 #[test]

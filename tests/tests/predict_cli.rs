@@ -348,6 +348,33 @@ fn bench_reports_cold_start_and_stage_percentiles() {
         kb("peak_rss_kb") >= kb("rss_end_kb") && kb("rss_end_kb") > 1024,
         "{m}"
     );
+    assert!(v["graphs"].get("profile").is_none(), "only with --profile");
+
+    // --profile: each member's time per tract operator, in JSON and in the table.
+    let args = [
+        "predict",
+        "bench",
+        "--bundle",
+        s(&t.bundle),
+        "--iters",
+        "2",
+        "--profile",
+    ];
+    let v = ok_json(&tirp(&[&["--json"][..], &args].concat()));
+    let profile = v["graphs"]["profile"].as_array().unwrap();
+    assert_eq!(profile.len(), v["members"].as_u64().unwrap() as usize);
+    for m in profile {
+        let ops = m["ops"].as_array().unwrap();
+        assert!(!ops.is_empty(), "{m}");
+        let sum: f64 = ops.iter().map(|o| o["ms"].as_f64().unwrap()).sum();
+        assert!((sum - m["total_ms"].as_f64().unwrap()).abs() < 1e-9, "{m}");
+    }
+    let o = tirp(&args);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && text.contains("per tract operator"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -28,7 +28,7 @@ pub mod cam;
 pub mod overlay;
 mod plan;
 
-pub use plan::{Output, Outputs, Plan};
+pub use plan::{OpTime, Output, Outputs, Plan};
 
 use crate::board::BoardProfile;
 use crate::clinical::{Sex, Site, clinical};

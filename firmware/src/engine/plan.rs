@@ -58,6 +58,16 @@ impl std::fmt::Debug for Plan {
     }
 }
 
+/// Mean time per run spent in one kind of tract operator ([`Plan::profile`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct OpTime {
+    /// tract's name of the optimised operator (`OptMatMul`, `DepthWiseConv`, …).
+    pub op: String,
+    /// How many nodes of the plan run it.
+    pub nodes: usize,
+    pub ms: f64,
+}
+
 /// An output of a run: row-major values and their shape.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Output {
@@ -282,6 +292,75 @@ impl Plan {
         match &self.executor {
             Some(e) => multithread_tract_scope(e.clone(), run),
             None => run(),
+        }
+    }
+}
+
+impl Plan {
+    /// Runs one input (`Π rest` values) `runs` times timing every node of the plan, and
+    /// returns each operator kind's mean time per run, slowest first: where a graph spends
+    /// its time on this machine. Needs a plan on tract's CPU runtime.
+    pub fn profile(
+        &self,
+        x: &[f32],
+        rest: &[usize],
+        runs: usize,
+    ) -> Result<Vec<OpTime>, EngineError> {
+        let fail = |message: String| EngineError::Model {
+            file: self.file.clone(),
+            message,
+        };
+        let len: usize = rest.iter().product();
+        if runs == 0 || x.len() != len {
+            return Err(fail(format!(
+                "profiling: {runs} runs of {} input values for one input of shape {rest:?}",
+                x.len()
+            )));
+        }
+        let Some(plan) = self.runnable.typed_plan() else {
+            return Err(fail(format!(
+                "profiling needs a plan on the CPU runtime, not `{}`",
+                self.backend
+            )));
+        };
+        let err = tract_err(&self.file, "profiling");
+        let mut shape = vec![1];
+        shape.extend_from_slice(rest);
+        let input = Tensor::from_shape(&shape, x).map_err(&err)?;
+        let profile = || -> Result<Vec<OpTime>, EngineError> {
+            let mut state = tract_onnx::tract_core::plan::SimpleState::new(plan).map_err(&err)?;
+            // Per operator kind: total time and nodes evaluated, over every run.
+            let mut per_op: std::collections::HashMap<String, (f64, usize)> = Default::default();
+            for _ in 0..runs {
+                state
+                    .run_plan_with_eval(
+                        tvec!(input.clone().into()),
+                        |ctx, op_state, node, inputs| {
+                            let t = std::time::Instant::now();
+                            let out =
+                                tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs);
+                            let e = per_op.entry(node.op().name().to_string()).or_default();
+                            e.0 += t.elapsed().as_secs_f64() * 1e3;
+                            e.1 += 1;
+                            out
+                        },
+                    )
+                    .map_err(&err)?;
+            }
+            let mut ops: Vec<OpTime> = per_op
+                .into_iter()
+                .map(|(op, (ms, n))| OpTime {
+                    op,
+                    nodes: n / runs,
+                    ms: ms / runs as f64,
+                })
+                .collect();
+            ops.sort_by(|a, b| b.ms.total_cmp(&a.ms).then_with(|| a.op.cmp(&b.op)));
+            Ok(ops)
+        };
+        match &self.executor {
+            Some(e) => multithread_tract_scope(e.clone(), profile),
+            None => profile(),
         }
     }
 }

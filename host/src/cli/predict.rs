@@ -100,6 +100,10 @@ enum PredictCommand {
         /// (`clinical.f32`), raw little-endian f32, here (for `tools/bench_ort.py --inputs`).
         #[arg(long)]
         dump: Option<PathBuf>,
+        /// Also time every node of each member's plan and list where each member spends its
+        /// time, per tract operator (`--iters` runs each).
+        #[arg(long)]
+        profile: bool,
     },
 }
 
@@ -207,6 +211,7 @@ pub fn run_predict(args: PredictArgs, out: &Output) -> Result<()> {
             image,
             explain,
             dump,
+            profile,
         }) => {
             return bench(
                 &bundle,
@@ -214,6 +219,7 @@ pub fn run_predict(args: PredictArgs, out: &Output) -> Result<()> {
                 image.as_deref(),
                 explain,
                 dump.as_deref(),
+                profile,
                 out,
             );
         }
@@ -848,6 +854,7 @@ fn bench(
     image: Option<&Path>,
     explain: Explain,
     dump: Option<&Path>,
+    profile: bool,
     out: &Output,
 ) -> Result<()> {
     ensure!(iters >= 1, "--iters must be at least 1");
@@ -921,7 +928,10 @@ fn bench(
             std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
         }
     }
-    let graphs = graph_bench(&engine, &x, &tail, iters)?;
+    let mut graphs = graph_bench(&engine, &x, &tail, iters)?;
+    if profile {
+        graphs["profile"] = profile_members(&engine, &x, iters)?;
+    }
     let mut table = serde_json::Map::new();
     for (i, name) in names.iter().enumerate() {
         let mut v: Vec<f64> = if i < 5 {
@@ -1047,9 +1057,47 @@ fn bench(
             }
             s += "\n";
         }
+        for m in graphs["profile"].as_array().into_iter().flatten() {
+            let total = m["total_ms"].as_f64().unwrap_or(f64::NAN);
+            s += &format!(
+                "{} per tract operator (mean of {iters} runs, {total:.2} ms timed):\n",
+                m["name"].as_str().unwrap_or("?")
+            );
+            for op in m["ops"].as_array().into_iter().flatten() {
+                let ms = op["ms"].as_f64().unwrap_or(f64::NAN);
+                s += &format!(
+                    "  {:<22} {:>4} nodes {ms:>8.3} ms {:>5.1}%\n",
+                    op["op"].as_str().unwrap_or("?"),
+                    op["nodes"],
+                    100.0 * ms / total
+                );
+            }
+        }
         s.trim_end().to_owned()
     });
     Ok(())
+}
+
+/// Where each member's plan (as the engine loads it) spends its time on `x`, per tract
+/// operator, over `iters` runs.
+fn profile_members(engine: &Engine, x: &[f32], iters: usize) -> Result<Value> {
+    let spec = engine.spec();
+    let s = spec.preprocess.input_size as usize;
+    let mut rows = Vec::new();
+    for m in &spec.members {
+        let plan = Plan::load(
+            &engine.dir().join(&m.file),
+            &[1, s, s],
+            &[MEMBER_LOGIT, MEMBER_CAM],
+            &[MEMBER_FMAP],
+            false,
+        )?;
+        plan.run(x, 1, &[1, s, s])?;
+        let ops = plan.profile(x, &[1, s, s], iters)?;
+        let total: f64 = ops.iter().map(|o| o.ms).sum();
+        rows.push(json!({"name": m.name, "file": m.file, "total_ms": total, "ops": ops}));
+    }
+    Ok(json!(rows))
 }
 
 /// Each graph alone, as a runtime comparison needs it (`tools/bench_ort.py` times the same
