@@ -56,8 +56,9 @@ pub fn weight_only_int8(model: &Model) -> Model {
         .as_mut()
         .expect("models written by Graph have a graph");
     // Which initializers are weights, and which axis holds their output channels.
+    let exact = super::exact_constants(graph);
     let mut axis_of: HashMap<String, usize> = HashMap::new();
-    for n in &graph.node {
+    for n in graph.node.iter().filter(|n| !reads_exact(n, &exact)) {
         let axis = match n.op_type.as_str() {
             "Conv" => 0,
             // Our MatMul/Gemm weights are `[in, out]`.
@@ -130,16 +131,23 @@ pub fn weight_only_int8(model: &Model) -> Model {
     Model { proto }
 }
 
+/// Whether node `n` reads one of the graph's exact constants (`exact`): such an op is part
+/// of a composed operator (the layer norm's centring), not a layer to quantise.
+fn reads_exact(n: &pb::NodeProto, exact: &std::collections::HashSet<String>) -> bool {
+    n.input.iter().any(|i| exact.contains(i))
+}
+
 /// The tensors a full-int8 model quantises: every input of a Conv/MatMul/Gemm that is not
 /// an initializer (the activations; weights are quantised per channel instead), in graph
-/// order, each once.
+/// order, each once. Ops reading an exact constant stay f32.
 pub fn activation_inputs(model: &Model) -> Vec<String> {
     let graph = model.proto.graph.as_ref().expect("models have a graph");
     let weights: std::collections::HashSet<&str> =
         graph.initializer.iter().map(|i| i.name.as_str()).collect();
+    let exact = super::exact_constants(graph);
     let mut out: Vec<String> = Vec::new();
     for n in &graph.node {
-        if !matches!(n.op_type.as_str(), "Conv" | "MatMul" | "Gemm") {
+        if !matches!(n.op_type.as_str(), "Conv" | "MatMul" | "Gemm") || reads_exact(n, &exact) {
             continue;
         }
         // Conv/Gemm bias (input 2) stays f32, as in QDQ models.
@@ -224,8 +232,9 @@ pub fn full_int8(model: &Model, ranges: &HashMap<String, ActRange>) -> Model {
     };
     let mut nodes = Vec::with_capacity(graph.node.len() + 2 * acts.len());
     let mut done: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let exact = super::exact_constants(graph);
     for mut n in std::mem::take(&mut graph.node) {
-        if matches!(n.op_type.as_str(), "Conv" | "MatMul" | "Gemm") {
+        if matches!(n.op_type.as_str(), "Conv" | "MatMul" | "Gemm") && !reads_exact(&n, &exact) {
             for input in n.input.iter_mut().take(2) {
                 if !acts.contains(input) {
                     continue;
@@ -290,5 +299,44 @@ mod tests {
             let back = q0.values[i] as f32 * q0.scales[i / 3];
             assert!((back - v).abs() <= q0.scales[i / 3] / 2.0 + 1e-7);
         }
+    }
+
+    /// A layer norm's centring matrix stays f32 through both quantisations, and the ops
+    /// reading it get no QDQ pair; the linear layer beside it is quantised.
+    #[test]
+    fn exact_constants_stay_f32() {
+        use super::super::{Graph, Weights};
+        let d = 32;
+        let mut g = Graph::new();
+        let w = Weights::new(
+            vec![d, d],
+            (0..d * d).map(|i| (i % 7) as f32 - 3.0).collect(),
+        );
+        let b = Weights::new(vec![d], vec![0.0; d]);
+        let y = g.linear("x", &w, &b);
+        let ones = Weights::new(vec![d], vec![1.0; d]);
+        let z = g.layer_norm(&y, &ones, &b, 1e-5);
+        let z = g.layer_norm(&z, &ones, &b, 1e-5);
+        let model = g.finish_rows("t", "x", d, &[("z", &z, vec![None, Some(d)])], "");
+        let exact = super::super::exact_constants(model.proto.graph.as_ref().unwrap());
+        assert_eq!(
+            exact.len(),
+            1,
+            "two layer norms of one width share their matrix"
+        );
+        let q = weight_only_int8(&model);
+        let graph = q.proto.graph.as_ref().unwrap();
+        let dtype = |name: &str| {
+            let init = graph.initializer.iter().find(|i| i.name == name);
+            init.map(|i| i.data_type)
+        };
+        let centre = exact.iter().next().unwrap();
+        assert_eq!(dtype(centre), Some(DataType::Float as i32));
+        let dq = graph
+            .node
+            .iter()
+            .filter(|n| n.op_type == "DequantizeLinear");
+        assert_eq!(dq.count(), 1, "only the linear weight is quantised");
+        assert_eq!(activation_inputs(&model), vec!["x".to_owned()]);
     }
 }
