@@ -30,10 +30,67 @@ pub const LIMITS: &[&str] = &[
      on a hospital's own data (the same command accepts the DeepTIRP table format).",
     "Inputs are the lesion's region of interest with a margin; other body parts, children's \
      growth-plate variants outside the cohort's range and non-lesion images are out of scope.",
+    "Retraining with the same seed reproduces the members bit for bit on x86-64 CPUs with AVX2 \
+     or AVX-512 (burn-flex's SIMD kernels are capped at AVX2: vendor/README.md); other CPU \
+     architectures round differently and train other members from the same seed.",
 ];
 
 /// The 95% level of every interval in the card.
 const LEVEL: f64 = 0.95;
+
+/// The CPU a bundle was trained on, and the SIMD level burn-flex's kernels ran at (capped at
+/// AVX2 on x86-64 so that AVX2 and AVX-512 machines train the same bits).
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub arch: &'static str,
+    /// `model name` of /proc/cpuinfo where there is one.
+    pub cpu: Option<String>,
+    /// The training kernels' instruction-set level.
+    pub simd: &'static str,
+    pub cores: usize,
+}
+
+impl Machine {
+    pub fn this() -> Self {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        });
+        Machine {
+            arch: std::env::consts::ARCH,
+            cpu,
+            simd: simd_level(),
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+}
+
+/// The level the vendored macerator dispatches to: x86-64-v3 (AVX2 + FMA) at most.
+fn simd_level() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        let v2 = has!("sse4.2") && has!("popcnt");
+        let v3 = v2 && has!("avx2") && has!("fma") && has!("bmi2") && has!("f16c") && has!("lzcnt");
+        return match (v3, v2) {
+            (true, _) => "x86-64-v3 (AVX2, FMA)",
+            (_, true) => "x86-64-v2 (SSE4.2)",
+            _ => "x86-64 (SSE2)",
+        };
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        return if std::arch::is_aarch64_feature_detected!("neon") {
+            "aarch64 (NEON)"
+        } else {
+            "aarch64"
+        };
+    }
+    #[allow(unreachable_code)]
+    "scalar"
+}
 
 /// One model's results on one split.
 #[derive(Debug, Clone, Serialize)]
@@ -105,6 +162,7 @@ pub struct ModelCard {
     pub int8: Vec<Int8Effect>,
     pub files: Vec<FileRow>,
     pub study_table: Option<StudyTable>,
+    pub machine: Machine,
 }
 
 fn split_name(s: Split) -> &'static str {
@@ -259,6 +317,7 @@ impl ModelCard {
             agreement,
             int8,
             study_table,
+            machine: Machine::this(),
         })
     }
 
@@ -402,6 +461,15 @@ impl ModelCard {
             candidates(&t.stacker_candidates),
             kind_name(t.clinical_kind),
             candidates(&t.clinical_candidates),
+        );
+        let m = &self.machine;
+        let _ = writeln!(
+            md,
+            "Trained on {} ({}, {} cores; training kernels at SIMD level {}).\n",
+            m.cpu.as_deref().unwrap_or("an unnamed CPU"),
+            m.arch,
+            m.cores,
+            m.simd
         );
         let _ = writeln!(
             md,

@@ -210,3 +210,72 @@ fn weight_only_int8_loads_in_tract_and_stays_close() {
         "int8 logits drift {d} (range {range})"
     );
 }
+
+/// The shipped architectures after two seeded AdamW steps at 64×64 (batch 8): the losses and
+/// the trained model's eval logits, hashed. Pinned, so a build machine whose CPU makes burn
+/// sum in another order (SIMD level, cache-dependent GEMM blocks: vendor/README.md) fails here
+/// instead of silently training another bundle from the same seed.
+#[test]
+fn seeded_training_gives_the_same_bits_on_every_build_machine() {
+    use sha2::{Digest, Sha256};
+    const SIDE: usize = 64;
+    fn inputs(seed: u64, n: usize) -> (Vec<f32>, Vec<f32>) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let x = (0..n * SIDE * SIDE)
+            .map(|_| rng.random_range(-1.0f32..1.0))
+            .collect();
+        ((x), (0..n).map(|i| (i % 2) as f32).collect())
+    }
+    fn fingerprint<M: Member>(model: M) -> String {
+        let mut t = Trainer::new(model, &TrainConfig::default());
+        let mut h = Sha256::new();
+        for i in 0..2 {
+            let (x, y) = inputs(100 + i, 8);
+            h.update(t.step(x, &y, 2e-3).unwrap().to_bits().to_le_bytes());
+        }
+        let (x, _) = inputs(7, 4);
+        let x = burn::prelude::Tensor::<4>::from_data(
+            burn::prelude::TensorData::new(x, [4, 1, SIDE, SIDE]),
+            &train::device(),
+        );
+        for v in to_vec(t.into_model().valid().forward_logit(x)) {
+            h.update(v.to_bits().to_le_bytes());
+        }
+        hex::encode(&h.finalize()[..8])
+    }
+    let got = [
+        fingerprint(train::init(5, |d| {
+            ResNet::new(
+                &ResNetConfig {
+                    input_size: SIDE,
+                    ..Default::default()
+                },
+                d,
+            )
+        })),
+        fingerprint(train::init(5, |d| {
+            EffNet::new(
+                &EffNetConfig {
+                    input_size: SIDE,
+                    ..Default::default()
+                },
+                d,
+            )
+        })),
+        fingerprint(train::init(5, |d| {
+            Vit::new(
+                &VitConfig {
+                    input_size: SIDE,
+                    ..Default::default()
+                },
+                d,
+            )
+        })),
+    ];
+    let want = ["6010c82b91b7c897", "54173f9f67ab9126", "7edf9b985b1ccb4f"];
+    assert_eq!(
+        got, want,
+        "resnet / effnet / vit trained other bits than on the machine that pinned them: \
+         retraining would not reproduce models/bundle here (see vendor/README.md)"
+    );
+}
