@@ -304,6 +304,36 @@ fn train_localiser_completes_the_bundle(labels: &Path, a: &Path) {
     assert_eq!(md.matches("## Full-int8 (QDQ) members").count(), 1, "{md}");
     check_card(&md, &single);
     assert_eq!(card_json()["full_int8"], q);
+
+    // Retraining the members in place (`--force`) keeps the localiser: its spec entry, file
+    // and report stay, the golden answer is the localiser path's with the new members, and
+    // `--card-only` puts its section back into the new card.
+    let kept = EnsembleSpec::load(a).unwrap().localiser.unwrap();
+    let report = std::fs::read(a.join("localiser.json")).unwrap();
+    let o = tirp(&[
+        "--json",
+        "train",
+        "--labels",
+        labels.to_str().unwrap(),
+        "--out",
+        a.to_str().unwrap(),
+        "--size",
+        "32",
+        "--members",
+        "resnet=1,effnet=1,vit=1",
+        "--force",
+    ]);
+    let t: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(t["localiser_kept"], true);
+    assert_eq!(EnsembleSpec::load(a).unwrap().localiser.unwrap(), kept);
+    assert_eq!(std::fs::read(a.join("localiser.onnx")).unwrap(), onnx);
+    assert_eq!(std::fs::read(a.join("localiser.json")).unwrap(), report);
+    assert_eq!(golden_is_reproduced(a)["roi_source"], "localiser");
+    let rescored = run(&["--card-only", "--zoom-flips", "false"]);
+    check_card(
+        &std::fs::read_to_string(a.join("MODEL_CARD.md")).unwrap(),
+        &rescored,
+    );
 }
 
 #[test]

@@ -110,6 +110,14 @@ pub(crate) fn write_golden(table: &LabelTable, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The localiser of a bundle being retrained in place: the members are retrained, but the
+/// localiser (trained apart, on whole radiographs) and its file and report stay, so
+/// `--force` on a shipped bundle does not drop it.
+fn kept_localiser(dir: &Path) -> Option<tirp_firmware::ensemble::LocaliserSpec> {
+    let spec = tirp_firmware::ensemble::EnsembleSpec::load(dir).ok()?;
+    spec.localiser.filter(|l| dir.join(&l.file).is_file())
+}
+
 pub fn run(args: TrainArgs, out: &Output) -> Result<()> {
     let cfg = PipelineConfig {
         seed: args.seed,
@@ -131,6 +139,7 @@ pub fn run(args: TrainArgs, out: &Output) -> Result<()> {
             args.out.display()
         );
     }
+    let kept_localiser = kept_localiser(&args.out);
     let table = LabelTable::load(&args.labels)?;
     let study = match &args.study_table {
         Some(p) => Some(modelcard::study_table(p, 5, cfg.seed)?),
@@ -181,6 +190,14 @@ pub fn run(args: TrainArgs, out: &Output) -> Result<()> {
             }
         },
     )?;
+    let mut trained = trained;
+    if let Some(l) = &kept_localiser {
+        trained.spec.localiser = Some(l.clone());
+        trained
+            .spec
+            .save(&args.out)
+            .with_context(|| format!("writing the spec in {}", args.out.display()))?;
+    }
     write_golden(&table, &args.out)?;
     let card = ModelCard::build(trained, &args.labels, &args.out, study)?;
     card.write(&args.out)?;
@@ -195,6 +212,7 @@ pub fn run(args: TrainArgs, out: &Output) -> Result<()> {
         "table": card.table,
         "int8": card.int8,
         "full_int8": full_int8,
+        "localiser_kept": kept_localiser.is_some(),
     });
     out.emit(&value, || {
         let mut s = format!(
@@ -203,6 +221,14 @@ pub fn run(args: TrainArgs, out: &Output) -> Result<()> {
             card.trained.seconds / 60.0,
             args.out.join(modelcard::CARD_MD).display()
         );
+        if kept_localiser.is_some() {
+            s.push_str(&format!(
+                "kept the bundle's lesion localiser; `tirp train-localiser --labels {} --bundle {} \
+                 --card-only` scores it with these members for the model card\n",
+                args.labels.display(),
+                args.out.display()
+            ));
+        }
         for r in &card.table {
             s.push_str(&format!(
                 "{:>14} {:<28} AUC {:.3} ({:.3}–{:.3})  acc {:.1}%\n",
