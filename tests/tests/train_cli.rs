@@ -45,7 +45,8 @@ fn golden_is_reproduced(bundle: &Path) -> serde_json::Value {
     p
 }
 
-fn train(labels: &Path, out: &Path) -> serde_json::Value {
+/// `tirp --json train` at 32×32 with the given members (plus `extra` arguments).
+fn train(labels: &Path, out: &Path, members: &str, extra: &[&str]) -> serde_json::Value {
     let study = repo_root().join("../shared/deeptirp/train.csv");
     let mut args = vec![
         "--json",
@@ -57,11 +58,12 @@ fn train(labels: &Path, out: &Path) -> serde_json::Value {
         "--size",
         "32",
         "--members",
-        "resnet=2,effnet=1,vit=2",
+        members,
     ];
     if study.exists() {
         args.extend(["--study-table", study.to_str().unwrap()]);
     }
+    args.extend(extra);
     let o = tirp(&args);
     serde_json::from_slice(&o.stdout).expect("train --json prints JSON")
 }
@@ -80,8 +82,8 @@ fn train_writes_a_complete_reproducible_bundle() {
     ]);
     let labels = cohort.join("labels.csv");
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-    let ja = train(&labels, &a);
-    let jb = train(&labels, &b);
+    let ja = train(&labels, &a, "resnet=2,effnet=1,vit=2", &[]);
+    let jb = train(&labels, &b, "resnet=2,effnet=1,vit=2", &[]);
 
     let spec = EnsembleSpec::load(&a).expect("ensemble.json is valid");
     assert_eq!(spec.members.len(), 3);
@@ -310,20 +312,7 @@ fn train_localiser_completes_the_bundle(labels: &Path, a: &Path) {
     // `--card-only` puts its section back into the new card.
     let kept = EnsembleSpec::load(a).unwrap().localiser.unwrap();
     let report = std::fs::read(a.join("localiser.json")).unwrap();
-    let o = tirp(&[
-        "--json",
-        "train",
-        "--labels",
-        labels.to_str().unwrap(),
-        "--out",
-        a.to_str().unwrap(),
-        "--size",
-        "32",
-        "--members",
-        "resnet=1,effnet=1,vit=1",
-        "--force",
-    ]);
-    let t: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let t = train(labels, a, "resnet=1,effnet=1,vit=1", &["--force"]);
     assert_eq!(t["localiser_kept"], true);
     assert_eq!(EnsembleSpec::load(a).unwrap().localiser.unwrap(), kept);
     assert_eq!(std::fs::read(a.join("localiser.onnx")).unwrap(), onnx);
