@@ -224,7 +224,7 @@ fn seeded_training_gives_the_same_bits_on_every_build_machine() {
         let x = (0..n * SIDE * SIDE)
             .map(|_| rng.random_range(-1.0f32..1.0))
             .collect();
-        ((x), (0..n).map(|i| (i % 2) as f32).collect())
+        (x, (0..n).map(|i| (i % 2) as f32).collect())
     }
     fn fingerprint<M: Member>(model: M) -> String {
         let mut t = Trainer::new(model, &TrainConfig::default());

@@ -151,7 +151,7 @@ pub fn run(args: TrainArgs, out: &Output) -> Result<()> {
         // Youden on validation; a degenerate validation set falls back to ½.
         modelcard::youden_threshold(s, y).map_or(0.5, |t| t as f32)
     };
-    let trained = pipeline::train_ensemble(
+    let mut trained = pipeline::train_ensemble(
         &table,
         &cfg,
         &args.out,
@@ -190,7 +190,6 @@ pub fn run(args: TrainArgs, out: &Output) -> Result<()> {
             }
         },
     )?;
-    let mut trained = trained;
     if let Some(l) = &kept_localiser {
         trained.spec.localiser = Some(l.clone());
         trained
